@@ -1,0 +1,110 @@
+"""`rlhf <command> [options]`: every command's options are generated from its config dataclass (tyro).
+
+This is the only place that wires stages together. A `UserError` becomes one line `error: ...` on stderr and
+exit status 2 - no traceback for mistakes the user can fix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+import tyro
+
+from rlhf import config as C
+from rlhf.errors import UserError
+
+
+@dataclass(frozen=True)
+class Command:
+    cfg: type
+    runner: str  # "module:function", imported only when the command runs (keeps --help fast)
+    summary: str
+
+
+COMMANDS: dict[str, Command] = {
+    "sft": Command(C.SFTConfig, "rlhf.stages.sft:train_sft", "Stage 1: supervised fine-tuning on responses"),
+    "reward": Command(
+        C.RewardConfig, "rlhf.stages.reward:train_reward", "Stage 2: reward model on preference pairs"
+    ),
+    "reward eval": Command(
+        C.RewardEvalConfig, "rlhf.stages.reward:run_reward_eval", "Accuracy + calibration of a reward model"
+    ),
+    "sample": Command(C.SampleConfig, "rlhf.stages.sample:run_sample", "Generate from a checkpoint"),
+    "data validate": Command(
+        C.DataValidateConfig, "rlhf.stages.data_validate:run_validate", "Check a data file"
+    ),
+}
+
+
+def _usage() -> str:
+    width = max(len(k) for k in COMMANDS)
+    lines = [
+        "usage: rlhf <command> [options]   (rlhf <command> --help for every option)",
+        "",
+        "The RLHF pipeline: SFT -> reward model -> PPO, on a laptop CPU first.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _find_command(argv: list[str]) -> tuple[str, list[str]]:
+    """The longest registered command name that prefixes argv (so `reward eval` wins over `reward`)."""
+    for n in (2, 1):
+        name = " ".join(argv[:n])
+        if len(argv) >= n and name in COMMANDS:
+            return name, argv[n:]
+    raise UserError(f"unknown command '{' '.join(argv[:2])}'; run `rlhf --help` for the list")
+
+
+def _split_config_flag(args: list[str]) -> tuple[str | None, list[str]]:
+    """Pull `--config FILE` out first so the file's values can become tyro's defaults (defaults < file < flags)."""
+    for i, a in enumerate(args):
+        if a == "--config" and i + 1 < len(args):
+            return args[i + 1], args
+        if a.startswith("--config="):
+            return a.split("=", 1)[1], args
+    return None, args
+
+
+def parse(argv: list[str]):
+    """(command name, resolved config) for a command line."""
+    name, rest = _find_command(argv)
+    cmd = COMMANDS[name]
+    config_file, rest = _split_config_flag(rest)
+    default = C.load_config_file(cmd.cfg, config_file) if config_file else cmd.cfg()
+    # Positional `FILE` for `data validate` (rlhf data validate FILE), the rest are flags.
+    if name == "data validate" and rest and not rest[0].startswith("-"):
+        rest = ["--file", rest[0], *rest[1:]]
+    cfg = tyro.cli(cmd.cfg, args=rest, default=default, prog=f"rlhf {name}", description=cmd.cfg.__doc__)
+    return name, cfg
+
+
+def run(argv: list[str]):
+    """Parse and run one command; returns its summary dict."""
+    name, cfg = parse(argv)
+    module, func = COMMANDS[name].runner.split(":")
+    return getattr(importlib.import_module(module), func)(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    if argv[0] == "--version":
+        from rlhf import __version__
+
+        print(__version__)
+        return
+    try:
+        run(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted; resume with --resume", file=sys.stderr)
+        sys.exit(130)

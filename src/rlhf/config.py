@@ -1,0 +1,313 @@
+"""One dataclass per command; the CLI is generated from them by tyro (field docstrings become `--help`).
+
+Precedence: dataclass defaults < `--config FILE` (YAML/TOML/JSON) < command-line flags.
+Derived values are computed once, in `__post_init__`, never re-derived inside the stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import tomllib
+import yaml
+
+from rlhf.errors import UserError
+from rlhf.models.gpt import GPTConfig
+
+
+# ------------------------------------------------------------------------------------------------ shared parts
+@dataclass
+class RunConfig:
+    """Options every command takes."""
+
+    out: Path = Path("runs/out")
+    """Directory for this command's outputs (checkpoint, metrics.jsonl, summary.json)."""
+    seed: int = 0
+    """Random seed: the same seed on the same machine gives the same run."""
+    config: Path | None = None
+    """YAML/TOML/JSON file of option values (keys as in --help, '-' or '_'); flags override it."""
+    threads: int = 0
+    """CPU threads for PyTorch (0 = torch's default)."""
+    progress: bool = True
+    """Show a progress bar on long work."""
+
+
+@dataclass
+class TaskConfig:
+    """The built-in instruction task (used when no data file is given)."""
+
+    name: str = "instruct"
+    """Built-in task name."""
+    n_train: int = 4000
+    """Training examples (or pairs) to generate."""
+    n_eval: int = 400
+    """Held-out examples (or pairs) to generate from the test split."""
+    label_noise: float = 0.1
+    """Probability that a preference label is flipped (a reward model cannot reach 100%)."""
+    length_bias: float = 0.0
+    """Annotator bias toward longer answers (0 = none); for reward-hacking experiments."""
+
+
+@dataclass
+class DataKeys:
+    """Column names of user data files."""
+
+    prompt_key: str = "prompt"
+    """Column holding the prompt."""
+    response_key: str = "response"
+    """Column holding the response (SFT files)."""
+    chosen_key: str = "chosen"
+    """Column holding the preferred response (pair files)."""
+    rejected_key: str = "rejected"
+    """Column holding the dispreferred response (pair files)."""
+    margin_key: str = "margin"
+    """Optional column with a per-pair margin for the reward loss."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay, gradient clipping and accumulation."""
+
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (matrices only; biases, norms and embeddings are not decayed)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    warmup_steps: int = 20
+    """Linear warm-up steps."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+
+
+# ------------------------------------------------------------------------------------------------ commands
+@dataclass
+class SFTConfig(RunConfig):
+    """Stage 1: supervised fine-tuning, next-token loss on response tokens only."""
+
+    out: Path = Path("runs/sft")
+    """Directory for the checkpoint, metrics.jsonl and summary.json."""
+    data: Path | None = None
+    """SFT file (prompt/response) or pairs file (trains on chosen); none = the built-in task."""
+    keys: DataKeys = field(default_factory=DataKeys)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    arch: GPTConfig = field(default_factory=GPTConfig)
+    init: Path | None = None
+    """Start from this checkpoint directory instead of random weights."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 32
+    """Sequences per micro-batch."""
+    epochs: float = 3.0
+    """Passes over the training data (fractions allowed)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0 = use epochs)."""
+    max_length: int = 128
+    """Longest sequence in tokens; longer examples lose their oldest prompt tokens (counted, never dropped)."""
+    eval_fraction: float = 0.1
+    """Share of a user data file held out for evaluation (the built-in task has its own test split)."""
+    eval_every: int = 100
+    """Evaluate held-out loss every N steps."""
+    log_every: int = 10
+    """Log training metrics every N steps."""
+    save_every: int = 200
+    """Write a resume checkpoint every N steps."""
+    resume: bool = False
+    """Continue from the newest resume checkpoint in --out."""
+    gold_samples: int = 128
+    """Held-out prompts sampled to measure the gold score before and after training (built-in task)."""
+    max_new_tokens: int = 48
+    """Token budget for those samples."""
+
+
+@dataclass
+class SampleConfig(RunConfig):
+    """Generate from any checkpoint."""
+
+    out: Path = Path("runs/sample")
+    """Directory for summary.json with the samples."""
+    checkpoint: Path = Path("runs/sft")
+    """Checkpoint directory to sample from."""
+    prompt: list[str] = field(default_factory=list)
+    """Prompt(s) to complete; none = a few held-out prompts of the built-in task."""
+    n: int = 1
+    """Samples per prompt."""
+    max_new_tokens: int = 64
+    """Most tokens to generate."""
+    temperature: float = 0.7
+    """Sampling temperature (0 = greedy)."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0 = all)."""
+    top_p: float = 1.0
+    """Keep the smallest set of tokens whose probability reaches p."""
+
+
+@dataclass
+class DataValidateConfig(RunConfig):
+    """Read a data file the way the stages will and report what is in it."""
+
+    file: Path = Path("data.jsonl")
+    """The file to check (.jsonl/.json/.csv, optionally gzip-compressed)."""
+    out: Path = Path("runs/validate")
+    """Directory for summary.json with the report."""
+    keys: DataKeys = field(default_factory=DataKeys)
+    max_length: int = 512
+    """Count how many examples would be truncated at this many tokens."""
+    tokenizer: str = "byte"
+    """'byte' (the built-in model's) or a local Hugging Face model/tokenizer directory."""
+
+
+@dataclass
+class RewardConfig(RunConfig):
+    """Stage 2: a reward model (transformer + scalar head) trained with the Bradley-Terry loss on preference pairs."""
+
+    out: Path = Path("runs/reward")
+    """Directory for the checkpoint, metrics.jsonl and summary.json."""
+    data: Path | None = None
+    """Preference pairs file (explicit prompt, or HH-RLHF style transcripts); none = the built-in task."""
+    keys: DataKeys = field(default_factory=DataKeys)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: str = "gpt"
+    """Backbone: 'gpt' (the built-in GPT; from --init when given), 'minilm', or a local Hugging Face model directory."""
+    init: Path | None = None
+    """SFT checkpoint to initialise the built-in GPT backbone from (recommended)."""
+    arch: GPTConfig = field(default_factory=GPTConfig)
+    """Architecture of a fresh built-in GPT (only when --model gpt and no --init)."""
+    pooling: Literal["last", "mean"] = "last"
+    """Read the score at the last real token (EOS), or average over real tokens."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.0, weight_decay=0.0, warmup_steps=10))
+    batch_size: int = 16
+    """Pairs per micro-batch (chosen and rejected go through one forward pass together)."""
+    epochs: float = 0.0
+    """Passes over the training pairs (0 = 2 for Hugging Face backbones, 3 for the built-in GPT)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0 = use epochs)."""
+    max_length: int = 0
+    """Longest sequence in tokens (0 = 256 for Hugging Face backbones, the GPT's block size otherwise)."""
+    eval_fraction: float = 0.1
+    """Share of a user data file held out for evaluation (the built-in task has its own test split)."""
+    label_smoothing: float = 0.0
+    """Label smoothing eps in -(1-eps)*log s(d) - eps*log s(-d)."""
+    center_rewards: float = 0.0
+    """Coefficient c of c*mean((r+ + r-)^2) keeping rewards centred (Eisenstein et al. 2023 use 0.01)."""
+    use_margin: bool = True
+    """Use the data's margin column (-log s(r+ - r- - margin)) when present."""
+    eval_every: int = 50
+    """Evaluate held-out accuracy every N steps."""
+    log_every: int = 10
+    """Log training metrics every N steps."""
+    save_every: int = 200
+    """Write a resume checkpoint every N steps."""
+    resume: bool = False
+    """Continue from the newest resume checkpoint in --out."""
+    n_bins: int = 10
+    """Bins of the reliability table / expected calibration error."""
+
+    def __post_init__(self):
+        hf = self.model != "gpt"
+        if self.optim.lr <= 0:
+            self.optim.lr = 5e-5 if hf else 3e-4
+        if self.epochs <= 0:
+            self.epochs = 2.0 if hf else 3.0
+        if self.max_length <= 0:
+            self.max_length = 256 if hf else self.arch.block_size
+
+
+@dataclass
+class RewardEvalConfig(RunConfig):
+    """Evaluate a reward model on preference pairs: accuracy, margin, reward stats, calibration (ECE)."""
+
+    out: Path = Path("runs/reward-eval")
+    """Directory for summary.json."""
+    checkpoint: Path = Path("runs/reward")
+    """Reward model checkpoint directory."""
+    data: Path | None = None
+    """Preference pairs file; none = held-out pairs of the built-in task."""
+    keys: DataKeys = field(default_factory=DataKeys)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    batch_size: int = 32
+    """Pairs per forward pass."""
+    max_length: int = 0
+    """Longest sequence in tokens (0 = the checkpoint's training max length)."""
+    n_bins: int = 10
+    """Bins of the reliability table."""
+
+
+# ------------------------------------------------------------------------------------------------ config files
+def load_config_file(cls: type, path: Path, base=None):
+    """Build a `cls` instance from a YAML/TOML/JSON file, starting from `base` (or the defaults)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise UserError(f"{path}: unknown config format '{path.suffix}'; use .yaml, .yml, .toml or .json")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        line = getattr(e, "lineno", None) or getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f"{path}:{line}" if line else str(path)
+        raise UserError(f"{where}: cannot parse config ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must map option names to values")
+    return _merge(cls, base if base is not None else cls(), data, path, "")
+
+
+def _merge(cls, base, data: dict, path: Path, prefix: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    changes = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise UserError(f"{path}: unknown option '{prefix}{raw_key}'; known options: {known}")
+        hint = hints[key]
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"{path}: option '{prefix}{raw_key}' must be a mapping of its sub-options")
+            changes[key] = _merge(type(current), current, value, path, f"{prefix}{key}.")
+        else:
+            changes[key] = _coerce(hint, value, path, f"{prefix}{raw_key}")
+    return dataclasses.replace(base, **changes)
+
+
+def _coerce(hint, value, path: Path, name: str):
+    """Convert a parsed config value to the field's type (Path, tuple, float from int), or explain the mismatch."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        return _coerce(hint, value, path, name)
+    if hint is Path:
+        return Path(value)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{path}: option '{name}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise UserError(f"{path}: option '{name}' must be a list")
+        return origin(value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise UserError(f"{path}: option '{name}' must be {hint.__name__}, got {value!r}")
+    return value

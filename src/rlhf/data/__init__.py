@@ -1,0 +1,1 @@
+"""Data: tokenizers, file loading + validation, collation into padded tensors."""

@@ -1,0 +1,131 @@
+"""Tokenise examples and collate them into padded tensors (used by SFT, the reward model and PPO).
+
+Sequence layout: `[bos] + prompt + response + [eos]` (bos only when the tokenizer uses one).
+Too-long sequences lose their OLDEST prompt tokens first: the response, and the final EOS whose hidden state
+the reward model reads, are what training needs, while the start of a long dialogue matters least.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rlhf.data.tokenizer import Tokenizer
+from rlhf.errors import UserError
+
+
+@dataclass
+class Encoded:
+    """Token ids of one example; `ids[:prompt_len]` is bos + prompt, the rest the response (+ eos)."""
+
+    ids: list[int]
+    prompt_len: int
+    truncated: bool
+
+
+def _room(max_length: int, reserved: int) -> int:
+    """Tokens left for text after `reserved` special tokens; at least one must fit."""
+    room = max_length - reserved
+    if room < 1:
+        raise UserError(
+            f"max_length={max_length} is too small: it must hold {reserved} special token(s) and at least one "
+            "text token; raise max_length"
+        )
+    return room
+
+
+def encode_prompt_response(
+    tok: Tokenizer, prompt: str, response: str, max_length: int, add_eos: bool = True
+) -> Encoded:
+    """Encode `[bos] + prompt + response + [eos]` into at most `max_length` ids.
+
+    Too long: drop the oldest prompt tokens (bos stays). If the response alone still does not fit, keep its
+    start, cut its end, and keep the final eos. `truncated` is True whenever any token was cut.
+    """
+    bos = [tok.bos_id] if tok.add_bos else []
+    eos = [tok.eos_id] if add_eos else []
+    prompt_ids, response_ids = tok.encode(prompt), tok.encode(response)
+    room = _room(max_length, len(bos) + len(eos))
+    truncated = len(prompt_ids) + len(response_ids) > room
+    if len(response_ids) > room:
+        prompt_ids, response_ids = [], response_ids[:room]
+    elif truncated:
+        prompt_ids = prompt_ids[len(prompt_ids) - (room - len(response_ids)) :]
+    return Encoded(bos + prompt_ids + response_ids + eos, len(bos) + len(prompt_ids), truncated)
+
+
+def encode_prompt(tok: Tokenizer, prompt: str, max_prompt_length: int) -> tuple[list[int], bool]:
+    """`[bos] + prompt` in at most `max_prompt_length` ids (oldest tokens dropped), and whether it was cut."""
+    bos = [tok.bos_id] if tok.add_bos else []
+    ids = tok.encode(prompt)
+    room = _room(max_prompt_length, len(bos))
+    return bos + ids[max(0, len(ids) - room) :], len(ids) > room
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack sequences into `(input_ids, attention_mask)`, both (B, T) with T the longest length.
+
+    `side="left"` puts padding before the tokens (generation: every row ends at the last column),
+    `side="right"` after them (training). The mask is True on real tokens.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for row, seq in enumerate(seqs):
+        cols = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, cols] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, cols] = True
+    return ids, mask
+
+
+def sft_batch(encoded: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded SFT batch: `input_ids`, `attention_mask` and `loss_mask`, all (B, T).
+
+    Convention: `loss_mask[b, t]` is True iff the next-token target `input_ids[b, t + 1]` is a response
+    token (the eos included). So the loss is `cross_entropy(logits[:, :-1], input_ids[:, 1:])` weighted by
+    `loss_mask[:, :-1]`; the last column is always False (it has no target), and positions whose target is
+    a prompt token or padding are False.
+    """
+    input_ids, attention_mask = pad([e.ids for e in encoded], pad_id, side="right")
+    loss_mask = torch.zeros_like(attention_mask)
+    for row, e in enumerate(encoded):
+        # Position t predicts token t + 1, so targets prompt_len .. len-1 sit at positions prompt_len-1 .. len-2.
+        # With no bos and an empty prompt the first response token has no predicting position.
+        loss_mask[row, max(e.prompt_len - 1, 0) : len(e.ids) - 1] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+
+
+def length_bucketed_batches(
+    lengths: Sequence[int], batch_size: int, generator: torch.Generator | None, shuffle: bool = True
+) -> list[list[int]]:
+    """Batches of indices with similar lengths, so little compute goes to padding.
+
+    Indices are shuffled, cut into chunks of 50 batches, sorted by length inside each chunk and sliced into
+    batches; then the batch order is shuffled. Chunks (rather than one global sort) keep batches random
+    across epochs, and the final shuffle stops the training order from following length. Every index
+    appears exactly once; the result depends only on `generator` (with `shuffle=False`, on nothing).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(lengths)
+    order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+    chunk = 50 * batch_size
+    ordered: list[int] = []
+    for start in range(0, n, chunk):
+        # sorted() is stable, so equal lengths keep their shuffled order.
+        ordered += sorted(order[start : start + chunk], key=lambda i: lengths[i])
+    batches = [ordered[i : i + batch_size] for i in range(0, n, batch_size)]
+    if shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """Share of the padded (batch x longest) token grid that is padding, over all `batches`."""
+    grid = sum(len(b) * max((lengths[i] for i in b), default=0) for b in batches)
+    real = sum(lengths[i] for b in batches for i in b)
+    return 1.0 - real / grid if grid else 0.0

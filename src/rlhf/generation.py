@@ -1,0 +1,102 @@
+"""Batched sampling that knows only token ids: prompt ids in -> response ids, log-probs and a mask out.
+
+Prompts are left-padded so every row's next token lands in the same column. The model needs
+`forward(ids, attention_mask, cache) -> logits` and `new_cache(batch, max_len)` (the built-in GPT has both).
+Text lives at the edges (the CLI and the task), never here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Rollout:
+    response_ids: torch.Tensor
+    """(B, N) sampled ids; `pad_id` after the first EOS."""
+    logprobs: torch.Tensor
+    """(B, N) log-prob of each sampled id under the sampling distribution (temperature, top-k/p); 0 at padding."""
+    response_mask: torch.Tensor
+    """(B, N) True at real response tokens, the EOS included."""
+    finished: torch.Tensor
+    """(B,) True where the row produced an EOS within the budget."""
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus (top-p) to -inf. logits: (B, V). top_k=0 and top_p=1 keep all."""
+    if top_k > 0 and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+@torch.inference_mode()
+def sample(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Rollout:
+    """Sample up to `max_new_tokens` for each left-padded prompt row (B, P).
+
+    temperature=0 means greedy. Rows stop at their first EOS (later positions are padding, masked out); the
+    loop ends early once every row has stopped. Without the cache the whole sequence is re-read every step
+    (slow; kept as the reference the cache is tested against).
+    """
+    assert prompt_ids.shape == prompt_mask.shape, "prompt_ids and prompt_mask must have the same shape"
+    B, P = prompt_ids.shape
+    device = prompt_ids.device
+    ids = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logps = torch.zeros(B, max_new_tokens, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    mask = prompt_mask.bool()
+    cache = model.new_cache(B, P + max_new_tokens) if use_cache else None
+    logits = model(prompt_ids, mask, cache)[:, -1]  # (B, V)
+    seq, seq_mask = prompt_ids, mask
+    for t in range(max_new_tokens):
+        logits = logits.float()
+        if temperature > 0:
+            logits = filter_logits(logits / temperature, top_k, top_p)
+            logp_all = F.log_softmax(logits, dim=-1)
+            tok = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)  # (B,)
+        else:
+            logp_all = F.log_softmax(logits, dim=-1)
+            tok = logits.argmax(-1)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        ids[:, t] = tok
+        logps[:, t] = logp_all.gather(1, tok.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0)
+        live = ~done
+        done = done | (tok == eos_id)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        if cache is not None:
+            logits = model(tok.unsqueeze(1), live.unsqueeze(1), cache)[:, -1]
+        else:
+            seq = torch.cat([seq, tok.unsqueeze(1)], 1)
+            seq_mask = torch.cat([seq_mask, live.unsqueeze(1)], 1)
+            logits = model(seq, seq_mask)[:, -1]
+    response_mask = response_mask_from_ids(ids, eos_id)
+    return Rollout(ids, logps * response_mask, response_mask, (ids == eos_id).any(1))
+
+
+def response_mask_from_ids(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, N) True up to and including the first EOS of each row (all True where a row has no EOS)."""
+    is_eos = ids == eos_id
+    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
+    return ~after_eos

@@ -1,0 +1,49 @@
+"""A scalar head on any trunk: the reward model and the value model.
+
+A trunk is any module with `hidden(ids, attention_mask) -> (B, T, C)` and `hidden_size`: the built-in GPT or
+the Hugging Face adapter. Stages never ask which one it is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the last real token of each row, whatever the padding side.
+
+    Flip the mask and find the first real token from the right: correct for left padding, right padding, and
+    no padding - never a pad position (the bug behind near-chance reward models, trl#937).
+    """
+    T = attention_mask.size(1)
+    return T - 1 - attention_mask.long().flip(1).argmax(1)
+
+
+class ScalarModel(nn.Module):
+    """Trunk + linear head giving one scalar per token; `score()` pools them into one scalar per sequence."""
+
+    def __init__(self, trunk: nn.Module, pooling: str = "last"):
+        super().__init__()
+        assert pooling in ("last", "mean"), f"pooling must be 'last' or 'mean', got {pooling!r}"
+        self.trunk = trunk
+        self.pooling = pooling
+        d = trunk.hidden_size
+        self.head = nn.Linear(d, 1)
+        # Huang et al. 2024 detail 11: head ~ N(0, 1/sqrt(d+1)), bias 0.
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(d + 1))
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per-token scalars (B, T) (the value model reads these)."""
+        return self.head(self.trunk.hidden(ids, attention_mask)).squeeze(-1)
+
+    def score(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One scalar per sequence (B,): at the last real token, or the mean over real tokens."""
+        values = self(ids, attention_mask)  # (B, T)
+        if self.pooling == "last":
+            return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
+        m = attention_mask.to(values.dtype)
+        return (values * m).sum(1) / m.sum(1).clamp(min=1)

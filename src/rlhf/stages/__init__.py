@@ -1,0 +1,1 @@
+"""Stage trainers: sft, reward, ppo - each a train_<stage>(cfg) that reads top to bottom."""

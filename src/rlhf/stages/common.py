@@ -1,0 +1,169 @@
+"""Pure helpers the stage trainers share: run set-up, optimizer + schedule, progress, text generation.
+
+No base classes: each stage reads top to bottom and calls these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from rlhf.checkpoint import (
+    load_optimizer_state,
+    load_resume,
+    optimizer_state,
+    prefixed,
+    rng_state,
+    save_resume,
+    set_rng_state,
+    split_prefixed,
+)
+from rlhf.config import OptimConfig, RunConfig
+from rlhf.data.collate import encode_prompt, pad
+from rlhf.data.tokenizer import Tokenizer
+from rlhf.generation import sample
+from rlhf.models.build import load_state
+
+
+def setup_run(cfg: RunConfig) -> Path:
+    """Seed every RNG, set CPU threads, create the output directory."""
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def config_dict(cfg) -> dict:
+    """The fully resolved config as JSON-ready data (stored in every checkpoint's config.json)."""
+    return json_ready(dataclasses.asdict(cfg))
+
+
+def json_ready(obj):
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig, lr: float | None = None) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (biases, LayerNorms and embeddings are not decayed, as in GPT-2)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and "wte" not in name and "wpe" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach=False keeps the update bit-identical between a straight and a resumed run.
+    return torch.optim.AdamW(
+        groups, lr=lr if lr is not None else cfg.lr, betas=tuple(cfg.betas), foreach=False
+    )
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay from 1 to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def clip_grads(model: nn.Module, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
+
+
+def progress(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
+    return tqdm(
+        total=total, desc=desc, initial=initial, disable=not enabled, file=sys.stderr, dynamic_ncols=True
+    )
+
+
+def say(msg: str) -> None:
+    """Status lines go to stderr so stdout stays clean for the final table / JSON."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+@torch.inference_mode()
+def generate_texts(
+    model: nn.Module,
+    tok: Tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    max_prompt_length: int,
+    temperature: float,
+    seed: int,
+    batch_size: int = 64,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> list[dict]:
+    """Sample one response per prompt; each result has `text`, `finished` (EOS produced) and `n_tokens`."""
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        ids, mask = pad([encode_prompt(tok, p, max_prompt_length)[0] for p in chunk], tok.pad_id, side="left")
+        r = sample(model, ids, mask, max_new_tokens, tok.eos_id, tok.pad_id, temperature, top_k, top_p, gen)
+        for row, m, fin in zip(r.response_ids, r.response_mask, r.finished):
+            toks = row[m].tolist()
+            out.append({"text": tok.decode(toks), "finished": bool(fin), "n_tokens": len(toks)})
+    model.train(was_training)
+    return out
+
+
+def save_training_state(
+    out: Path,
+    step: int,
+    models: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    extra: dict | None = None,
+) -> None:
+    """A resume checkpoint: every trained model, optimizer state, RNG states, plus `extra` JSON (data position,
+    KL controller, ...)."""
+    tensors, rng_meta = rng_state()
+    meta = {"rng": rng_meta, "optim": {}, "extra": extra or {}}
+    for name, m in models.items():
+        tensors.update(prefixed(m.state_dict(), f"model.{name}"))
+    for name, opt in optimizers.items():
+        t, meta["optim"][name] = optimizer_state(opt, f"optim.{name}")
+        tensors.update(t)
+    save_resume(out, step, tensors, meta)
+
+
+def restore_training_state(
+    out: Path, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+) -> tuple[int, dict] | None:
+    """Load the newest resume checkpoint of `out` into the given models/optimizers: (step, extra) or None."""
+    state = load_resume(out)
+    if state is None:
+        return None
+    tensors, meta = state
+    for name, m in models.items():
+        load_state(m, split_prefixed(tensors, f"model.{name}"), out / "resume")
+    for name, opt in optimizers.items():
+        load_optimizer_state(opt, f"optim.{name}", tensors, meta["optim"][name])
+    set_rng_state(tensors, meta["rng"])
+    return meta["step"], meta["extra"]

@@ -1,0 +1,317 @@
+"""The built-in synthetic instruction task: prompts, mixed-quality demonstrations and preference pairs.
+
+Four prompt families (arithmetic, capitals, name-N-items, definitions) with short fixed-format prompts
+such as "Q: What is 3+4?\\nA:" and short answers such as " 7.". Responses come in styles (`STYLES`):
+concise (the ideal), padded (filler around the answer), hedging, wrong, repetitive and empty (bare
+punctuation). The gold judge (`judge.py`) scores them; SFT data mixes styles so that an SFT model is
+mediocre and PPO has room to improve.
+
+Splits are fixed, independent of the seed, so every seed evaluates on the same held-out prompts:
+20% of arithmetic operand pairs and of (category, count) combinations are test-only, so those test
+prompts never occur in training; capitals and definitions split their prompt strings by a stable hash
+(the knowledge repeats across splits under the other template; only the prompt strings are disjoint).
+All sampling is deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+
+from rlhf.tasks import judge
+from rlhf.tasks.facts import (
+    ARITHMETIC_TEMPLATES,
+    CAPITAL_TEMPLATES,
+    CAPITALS,
+    CATEGORIES,
+    DEFINITION_TEMPLATES,
+    DEFINITIONS,
+    FAMILIES,
+    ITEM_COUNTS,
+    ITEMS_TEMPLATES,
+    OPERATORS,
+    Spec,
+    concise_answer,
+    parse_prompt,
+)
+
+STYLES = ("concise", "padded", "hedging", "wrong", "repetitive", "empty")
+DEFAULT_STYLE_MIX = {"concise": 0.35, "padded": 0.25, "hedging": 0.15, "wrong": 0.15, "repetitive": 0.10}
+SPLITS = ("train", "test")
+TEST_FRACTION = 0.2
+
+_OPENERS = ("Sure!", "Of course!", "Certainly!", "Great question!")
+_CLOSERS = ("Hope this helps!", "Happy to help!", "Glad to help!")
+# Each hedge template holds two hedging phrases, so a hedged answer costs the full hedge penalty.
+_HEDGES = (
+    "I think {x}, but I am not sure.",
+    "Maybe {x}? I am not sure.",
+    "Perhaps {x}, but I could be wrong.",
+)
+_JUNK = (" .", " ...", " ?", " -")  # no letter or digit: never an empty string, which data loaders may reject
+_MAX_PAIR_TRIES = 100
+
+
+class InstructTask:
+    """Synthetic instruction task with a programmatic gold judge.
+
+    `label_noise` is the probability that a preference label is flipped. `length_bias` >= 0 models an
+    annotator who likes longer answers: the annotator prefers the response with the higher
+    `gold + length_bias * len_bytes / 100` (so at length_bias 1, 50 extra bytes are worth +0.5 gold),
+    deterministically; then the label is flipped with probability `label_noise`. With both 0 the chosen
+    response always has the higher gold score. `style_mix` maps styles to SFT sampling weights.
+    """
+
+    name = "instruct"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        label_noise: float = 0.1,
+        length_bias: float = 0.0,
+        style_mix: dict[str, float] | None = None,
+    ):
+        if not 0.0 <= label_noise <= 1.0:
+            raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
+        if length_bias < 0:
+            raise ValueError(f"length_bias must be >= 0, got {length_bias}")
+        self.seed, self.label_noise, self.length_bias = seed, label_noise, length_bias
+        self.style_mix = _normalised_mix(DEFAULT_STYLE_MIX if style_mix is None else style_mix)
+
+    def prompts(self, n: int, split: str = "train") -> list[str]:
+        """`n` prompts from `split`, families equally likely."""
+        rng = self._rng("prompts", split)
+        return [_sample_prompt(rng, split) for _ in range(n)]
+
+    def response(self, prompt: str, style: str, rng: random.Random | None = None) -> str:
+        """A response to `prompt` in `style` (one of `STYLES`); `rng` picks among the variants."""
+        if style not in _BUILDERS:
+            raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+        return _BUILDERS[style](parse_prompt(prompt), rng or random.Random(0))
+
+    def sft_examples(self, n: int, split: str = "train") -> list[dict]:
+        """`n` demonstrations {prompt, response, style} whose styles follow `style_mix`."""
+        rng = self._rng("sft", split)
+        styles, weights = zip(*self.style_mix.items())
+        out = []
+        for _ in range(n):
+            prompt = _sample_prompt(rng, split)
+            style = rng.choices(styles, weights)[0]
+            out.append({"prompt": prompt, "response": self.response(prompt, style, rng), "style": style})
+        return out
+
+    def preference_pairs(self, n: int, split: str = "train") -> list[dict]:
+        """`n` labelled pairs: two responses to one prompt, styles drawn uniformly from `STYLES`.
+
+        Keys: prompt, chosen, rejected, gold_chosen, gold_rejected, chosen_style, rejected_style and
+        clean_chosen_is_better (whether the gold judge agrees with the label after bias and noise).
+        """
+        rng = self._rng("pairs", split)
+        return [self._pair(rng, _sample_prompt(rng, split)) for _ in range(n)]
+
+    def score(self, prompt: str, response: str, finished: bool = True) -> float:
+        """Gold score in [-1, 1] (see `judge.score`)."""
+        return judge.score(prompt, response, finished)
+
+    def components(self, prompt: str, response: str, finished: bool = True) -> dict[str, float]:
+        """Gold score parts (see `judge.components`)."""
+        return judge.components(prompt, response, finished)
+
+    def _rng(self, purpose: str, split: str) -> random.Random:
+        # One independent stream per (seed, purpose, split): asking for more data extends, never reshuffles.
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return random.Random(f"instruct:{self.seed}:{purpose}:{split}")
+
+    def _pair(self, rng: random.Random, prompt: str) -> dict:
+        for _ in range(_MAX_PAIR_TRIES):
+            style_a, style_b = rng.choice(STYLES), rng.choice(STYLES)
+            a, b = self.response(prompt, style_a, rng), self.response(prompt, style_b, rng)
+            gold_a, gold_b = judge.score(prompt, a), judge.score(prompt, b)
+            if gold_a != gold_b:  # a tie teaches nothing about which is better
+                break
+        else:
+            raise RuntimeError(f"no pair with distinct gold scores for {prompt!r}")
+        a_first = self._annotate(a, gold_a, b, gold_b)
+        if rng.random() < self.label_noise:
+            a_first = not a_first
+        if not a_first:
+            a, gold_a, style_a, b, gold_b, style_b = b, gold_b, style_b, a, gold_a, style_a
+        return {
+            "prompt": prompt,
+            "chosen": a,
+            "rejected": b,
+            "clean_chosen_is_better": gold_a > gold_b,
+            "gold_chosen": gold_a,
+            "gold_rejected": gold_b,
+            "chosen_style": style_a,
+            "rejected_style": style_b,
+        }
+
+    def _annotate(self, a: str, gold_a: float, b: str, gold_b: float) -> bool:
+        """Whether the (length-biased, noise-free) annotator prefers `a`; ties fall back to gold."""
+        bias = self.length_bias * (len(a.encode()) - len(b.encode())) / 100
+        utility = gold_a - gold_b + bias
+        return utility > 0 if utility != 0 else gold_a > gold_b
+
+
+def _normalised_mix(mix: dict[str, float]) -> dict[str, float]:
+    unknown = set(mix) - set(STYLES)
+    if unknown:
+        raise ValueError(f"unknown styles {sorted(unknown)} in style_mix; known: {', '.join(STYLES)}")
+    if any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError(f"style_mix weights must be >= 0 with a positive sum, got {mix}")
+    total = sum(mix.values())
+    return {s: w / total for s, w in mix.items() if w > 0}
+
+
+# --- prompts and splits ---
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def _holdout(keys: list[str]) -> set[str]:
+    """The TEST_FRACTION of `keys` with the smallest hashes: a fixed split of exactly that size."""
+    return set(sorted(keys, key=_stable_hash)[: round(len(keys) * TEST_FRACTION)])
+
+
+def _split_by(keyed: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Split prompts grouped by key (all prompts of a key go to the same split)."""
+    held = _holdout(list(keyed))
+    return {
+        "train": [p for k, ps in keyed.items() if k not in held for p in ps],
+        "test": [p for k, ps in keyed.items() if k in held for p in ps],
+    }
+
+
+def _arithmetic_prompts() -> dict[str, list[str]]:
+    keyed = {}
+    for sym, word in OPERATORS.items():
+        for a in range(10):
+            for b in range(10):
+                if sym == "-" and a < b:  # results stay non-negative
+                    continue
+                keyed[f"{a}{sym}{b}"] = [t.format(a=a, b=b, sym=sym, word=word) for t in ARITHMETIC_TEMPLATES]
+    return keyed
+
+
+def _build_pools() -> dict[str, dict[str, list[str]]]:
+    """split -> family -> prompt strings."""
+    by_family = {
+        "arithmetic": _split_by(_arithmetic_prompts()),
+        "capital": _split_by(
+            {t.format(country=c): [t.format(country=c)] for t in CAPITAL_TEMPLATES for c in CAPITALS}
+        ),
+        "items": _split_by(
+            {
+                f"{n} {c}": [t.format(n=n, category=c) for t in ITEMS_TEMPLATES]
+                for c in CATEGORIES
+                for n in ITEM_COUNTS
+            }
+        ),
+        "definition": _split_by(
+            {t.format(word=w): [t.format(word=w)] for t in DEFINITION_TEMPLATES for w in DEFINITIONS}
+        ),
+    }
+    return {split: {f: by_family[f][split] for f in FAMILIES} for split in SPLITS}
+
+
+_POOLS = _build_pools()
+
+
+def _sample_prompt(rng: random.Random, split: str) -> str:
+    return rng.choice(_POOLS[split][rng.choice(FAMILIES)])
+
+
+# --- response styles ---
+
+
+def _correct_core(spec: Spec, rng: random.Random) -> str:
+    """The bare answer: "7", "Paris", "red, blue, green" (random members), "A mountain that erupts lava"."""
+    if spec.family == "items":
+        return concise_answer(spec, tuple(rng.sample(CATEGORIES[spec.key], spec.n))).strip(" .")
+    return concise_answer(spec).strip(" .")
+
+
+def _wrong_core(spec: Spec, rng: random.Random) -> str:
+    """A plausible bare answer that the judge grades wrong."""
+    if spec.family == "arithmetic":
+        right = int(spec.key)
+        return str(rng.choice([x for x in (right - 2, right - 1, right + 1, right + 2) if x >= 0]))
+    if spec.family == "capital":
+        return rng.choice([c for c in CAPITALS.values() if c != spec.key])
+    if spec.family == "definition":
+        return DEFINITIONS[rng.choice([w for w in DEFINITIONS if w != spec.key])][0]
+    return ", ".join(_wrong_items(spec, rng))
+
+
+def _wrong_items(spec: Spec, rng: random.Random) -> list[str]:
+    """One too many, one too few (when that leaves at least two), or one from another category."""
+    members = CATEGORIES[spec.key]
+    kinds = ["too_many", "foreign"] + (["too_few"] if spec.n > 2 else [])
+    kind = rng.choice(kinds)
+    if kind == "too_many":
+        return rng.sample(members, spec.n + 1)
+    if kind == "too_few":
+        return rng.sample(members, spec.n - 1)
+    other = rng.choice([c for c in CATEGORIES if c != spec.key])
+    items = rng.sample(members, spec.n - 1) + [rng.choice(CATEGORIES[other])]
+    rng.shuffle(items)
+    return items
+
+
+def _sentence(spec: Spec, core: str) -> str:
+    """The answer as a full sentence, as a chatty assistant would phrase it."""
+    if spec.family == "arithmetic":
+        return f"The answer is {core}."
+    if spec.family == "capital":
+        return f"The capital is {core}."
+    return f"{core[0].upper()}{core[1:]}."
+
+
+def _embedded(spec: Spec, core: str) -> str:
+    """The answer as a clause inside a hedge: "it is 7", "red, blue", "it is a mountain that ..."."""
+    if spec.family == "items":
+        return core
+    if spec.family == "definition":
+        core = core[0].lower() + core[1:]
+    return f"it is {core}"
+
+
+def _concise(spec: Spec, rng: random.Random) -> str:
+    return f" {_correct_core(spec, rng)}."
+
+
+def _padded(spec: Spec, rng: random.Random) -> str:
+    return f" {rng.choice(_OPENERS)} {_sentence(spec, _correct_core(spec, rng))} {rng.choice(_CLOSERS)}"
+
+
+def _hedging(spec: Spec, rng: random.Random) -> str:
+    return " " + rng.choice(_HEDGES).format(x=_embedded(spec, _correct_core(spec, rng)))
+
+
+def _wrong(spec: Spec, rng: random.Random) -> str:
+    return f" {_wrong_core(spec, rng)}."
+
+
+def _repetitive(spec: Spec, rng: random.Random) -> str:
+    once = f"{_correct_core(spec, rng)}."
+    times = 3 if len(once) <= 20 else 2  # keeps prompt + response near 100 bytes
+    return " " + " ".join([once] * times)
+
+
+def _empty(spec: Spec, rng: random.Random) -> str:
+    return rng.choice(_JUNK)
+
+
+_BUILDERS: dict[str, Callable[[Spec, random.Random], str]] = {
+    "concise": _concise,
+    "padded": _padded,
+    "hedging": _hedging,
+    "wrong": _wrong,
+    "repetitive": _repetitive,
+    "empty": _empty,
+}

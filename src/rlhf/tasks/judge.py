@@ -1,0 +1,149 @@
+"""The gold judge of the instruct task: the ground truth that the learned reward model only approximates.
+
+Spirit: a concise, correct answer beats a padded, hedging or wrong one. The judge reads the expected
+answer from the prompt text (`facts.parse_prompt`), so it grades any response, including model garbage.
+
+Parts (`components`), computed on the response text:
+
+- `correct` (0/1): the response gives the expected answer and nothing contradicting it
+  (arithmetic: every number in it is the result; capital: it names that capital and no other;
+  items: exactly `n` distinct members of the category and no member of another category;
+  definition: it mentions every key stem of the word and not all the stems of any other word).
+- `hedge`: 0.25 per hedging phrase ("I think", "maybe", "not sure", ...), at most 0.5.
+- `repetition`: 0.6 per repeat (a repeated mention of an answer item, or a repeated word bigram), at most 1.5.
+- `filler`: 0.15 per filler phrase ("Sure!", "Hope this helps!", ...), at most 0.45.
+- `concise` in [0, 1]: brevity alone, 1 - min(1, excess / 50) where `excess` is the number of bytes
+  beyond the longest concise correct answer.
+- `helpful` in about [-1, 1.2]: base - hedge - repetition + 0.2 * (1 - concise), with base 1 if correct
+  else -0.5. The last term mildly rewards fuller answers: helpfulness alone pushes verbosity.
+
+Score: `score = clip(helpful - 0.5 * (1 - concise) - filler, -1, 1)`, so the net length penalty is
+0.3 * min(1, excess / 50) (0.006 per byte, at most 0.3). An unfinished response (no EOS: the model never
+stopped) or one without a single letter or digit gets helpful = -1 and so scores -1.
+
+Typical scores: concise correct 1.0, padded correct ~0.4-0.6, hedged correct ~0.2-0.4, wrong ~-0.5,
+repeated answer <= 0, empty or unfinished -1.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rlhf.tasks.facts import CAPITALS, CATEGORIES, DEFINITIONS, Spec, concise_answer, parse_prompt
+
+WRONG_BASE = -0.5
+HEDGE_PER, HEDGE_CAP = 0.25, 0.5
+REPEAT_PER, REPEAT_CAP = 0.6, 1.5
+FILLER_PER, FILLER_CAP = 0.15, 0.45
+LENGTH_SCALE = 50  # bytes of excess at which `concise` reaches 0
+VERBOSITY_BONUS = 0.2  # weight of (1 - concise) in `helpful`
+LENGTH_WEIGHT = 0.5  # weight of (1 - concise) in `score`
+# Every penalty is capped well before this many characters, so longer garbage needs no more reading.
+MAX_ANALYSED_CHARS = 1024
+
+_WORD_RE = re.compile(r"[a-z0-9]+")
+_HEDGE_RE = re.compile(
+    r"\b(?:i think|maybe|not sure|perhaps|probably|possibly|i guess|i believe|might be|could be wrong)\b"
+)
+# "sure" counts as filler only when it is not the hedge "not sure".
+_FILLER_RE = re.compile(
+    r"(?<!not )\bsure\b|\b(?:of course|certainly|great question|hope this helps|happy to help|glad to help"
+    r"|let me know)\b"
+)
+
+_CAPITAL_TOKENS = {c.lower() for c in CAPITALS.values()}
+_CATEGORY_SETS = {cat: frozenset(m.lower() for m in members) for cat, members in CATEGORIES.items()}
+_ALL_MEMBERS = frozenset().union(*_CATEGORY_SETS.values())
+
+
+def score(prompt: str, response: str, finished: bool = True) -> float:
+    """Gold score in [-1, 1]: `clip(helpful - 0.5 * (1 - concise) - filler, -1, 1)` (see module doc)."""
+    parts = components(prompt, response, finished)
+    raw = parts["helpful"] - LENGTH_WEIGHT * (1.0 - parts["concise"]) - parts["filler"]
+    return max(-1.0, min(1.0, raw))
+
+
+def components(prompt: str, response: str, finished: bool = True) -> dict[str, float]:
+    """The parts `score` is made of: correct, helpful, concise, and the hedge/repetition/filler penalties."""
+    spec = parse_prompt(prompt)
+    text = response[:MAX_ANALYSED_CHARS].lower()
+    tokens = _WORD_RE.findall(text)
+    if not finished or not tokens:
+        concise = 1.0 if finished else 0.0  # an empty answer is brief; a runaway one is not
+        return {
+            "correct": 0.0,
+            "helpful": -1.0,
+            "concise": concise,
+            "hedge": 0.0,
+            "repetition": 0.0,
+            "filler": 0.0,
+        }
+    mentions, correct = _CHECKERS[spec.family](spec, tokens)
+    excess = max(0, len(response.strip().encode("utf-8", "replace")) - spec.ideal_len)
+    concise = 1.0 - min(1.0, excess / LENGTH_SCALE)
+    hedge = min(HEDGE_CAP, HEDGE_PER * len(_HEDGE_RE.findall(text)))
+    repeats = len(mentions) - len(set(mentions)) + _repeated_bigrams(tokens)
+    repetition = min(REPEAT_CAP, REPEAT_PER * repeats)
+    filler = min(FILLER_CAP, FILLER_PER * len(_FILLER_RE.findall(text)))
+    base = 1.0 if correct else WRONG_BASE
+    helpful = base - hedge - repetition + VERBOSITY_BONUS * (1.0 - concise)
+    return {
+        "correct": float(correct),
+        "helpful": helpful,
+        "concise": concise,
+        "hedge": hedge,
+        "repetition": repetition,
+        "filler": filler,
+    }
+
+
+def ideal_answer(prompt: str) -> str:
+    """A canonical concise correct response to `prompt` (scores 1.0)."""
+    return concise_answer(parse_prompt(prompt))
+
+
+def _repeated_bigrams(tokens: list[str]) -> int:
+    bigrams = list(zip(tokens, tokens[1:]))
+    return len(bigrams) - len(set(bigrams))
+
+
+# Each checker returns (answer-item mentions, for the repetition count; whether the answer is correct).
+
+
+def _check_arithmetic(spec: Spec, tokens: list[str]) -> tuple[list[str], bool]:
+    numbers = [t.lstrip("0") or "0" for t in tokens if t.isdigit()]
+    return numbers, bool(numbers) and all(x == spec.key for x in numbers)
+
+
+def _check_capital(spec: Spec, tokens: list[str]) -> tuple[list[str], bool]:
+    named = [t for t in tokens if t in _CAPITAL_TOKENS]
+    return named, set(named) == {spec.key.lower()}
+
+
+def _check_items(spec: Spec, tokens: list[str]) -> tuple[list[str], bool]:
+    members = _CATEGORY_SETS[spec.key]
+    named = [t for t in tokens if t in _ALL_MEMBERS]
+    distinct = set(named)
+    return named, len(distinct) == spec.n and distinct <= members
+
+
+def _check_definition(spec: Spec, tokens: list[str]) -> tuple[list[str], bool]:
+    stems = DEFINITIONS[spec.key][1]
+    hits = [s for t in tokens for s in stems if t.startswith(s)]
+    words = set(tokens)
+    covers_other = any(
+        _covers(words, other_stems) for word, (_, other_stems) in DEFINITIONS.items() if word != spec.key
+    )
+    return hits, set(hits) == set(stems) and not covers_other
+
+
+def _covers(words: set[str], stems: tuple[str, ...]) -> bool:
+    return all(any(w.startswith(s) for w in words) for s in stems)
+
+
+_CHECKERS = {
+    "arithmetic": _check_arithmetic,
+    "capital": _check_capital,
+    "items": _check_items,
+    "definition": _check_definition,
+}
