@@ -80,7 +80,7 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(
             f"{path}: corrupt or unreadable safetensors file ({e}); re-run the stage that wrote it"
-        )
+        ) from None
 
 
 def read_json(path: str | Path) -> dict:
