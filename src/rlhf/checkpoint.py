@@ -110,6 +110,8 @@ def load_model_files(directory: str | Path) -> tuple[dict[str, torch.Tensor], di
     if not directory.is_dir():
         raise UserError(f"{directory}: checkpoint directory not found")
     config = read_json(directory / CONFIG)
+    if not isinstance(config, dict):
+        raise UserError(f"{directory / CONFIG}: not a JSON object; re-run the stage that wrote it")
     return load_tensors(directory / WEIGHTS), config
 
 
@@ -173,7 +175,12 @@ def load_optimizer_state(opt: torch.optim.Optimizer, prefix: str, tensors: dict,
     for key, val in meta["scalars"].items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = val
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # JSON turned tuples (AdamW's betas) into lists; give them back their type so the state matches exactly.
+    groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+        for g in meta["param_groups"]
+    ]
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def save_resume(

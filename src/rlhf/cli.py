@@ -31,6 +31,13 @@ COMMANDS: dict[str, Command] = {
     "reward eval": Command(
         C.RewardEvalConfig, "rlhf.stages.reward:run_reward_eval", "Accuracy + calibration of a reward model"
     ),
+    "ppo": Command(
+        C.PPOConfig, "rlhf.stages.ppo:train_ppo", "Stage 3: PPO with a KL penalty to the SFT reference"
+    ),
+    "compare": Command(
+        C.CompareConfig, "rlhf.eval.compare:run_compare", "SFT vs PPO: gold, proxy, KL, samples"
+    ),
+    "demo": Command(C.DemoConfig, "rlhf.demo:run_demo", "The whole pipeline on the built-in task in minutes"),
     "sample": Command(C.SampleConfig, "rlhf.stages.sample:run_sample", "Generate from a checkpoint"),
     "data validate": Command(
         C.DataValidateConfig, "rlhf.stages.data_validate:run_validate", "Check a data file"
@@ -75,7 +82,11 @@ def parse(argv: list[str]):
     name, rest = _find_command(argv)
     cmd = COMMANDS[name]
     config_file, rest = _split_config_flag(rest)
-    default = C.load_config_file(cmd.cfg, config_file) if config_file else cmd.cfg()
+    # Unresolved defaults (no __post_init__ yet): tyro builds the final config, deriving values exactly once.
+    if config_file:
+        default = C.load_config_file(cmd.cfg, config_file, resolve=False)
+    else:
+        default = C.declared_defaults(cmd.cfg)
     # Positional `FILE` for `data validate` (rlhf data validate FILE), the rest are flags.
     if name == "data validate" and rest and not rest[0].startswith("-"):
         rest = ["--file", rest[0], *rest[1:]]

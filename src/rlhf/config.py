@@ -6,8 +6,10 @@ Derived values are computed once, in `__post_init__`, never re-derived inside th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -242,9 +244,150 @@ class RewardEvalConfig(RunConfig):
     """Bins of the reliability table."""
 
 
+@dataclass
+class PPOConfig(RunConfig):
+    """Stage 3: PPO against the reward model with a per-token KL penalty to the frozen SFT reference."""
+
+    out: Path = Path("runs/ppo")
+    """Directory for the policy checkpoint, metrics.jsonl and summary.json."""
+    sft: Path = Path("runs/sft")
+    """SFT checkpoint: the policy's starting point and the frozen reference."""
+    reward: Path = Path("runs/reward")
+    """Reward model checkpoint (frozen)."""
+    prompts: Path | None = None
+    """Prompt file (any schema with a prompt column); none = the built-in task's training prompts."""
+    keys: DataKeys = field(default_factory=DataKeys)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    value_model: Literal["separate", "shared"] = "separate"
+    """'separate': a value model initialised from the reward model (Huang et al.); 'shared': a value head on the policy trunk."""
+    episodes: int = 4096
+    """Total prompts to sample (episodes) over the run."""
+    rollout_batch: int = 64
+    """Prompts sampled per PPO update."""
+    mini_batches: int = 2
+    """Minibatches per PPO epoch."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch (InstructGPT used 4)."""
+    response_length: int = 32
+    """New tokens per response (stops early at EOS; the rest is padding)."""
+    max_prompt_length: int = 64
+    """Longest prompt in tokens (older tokens dropped first, counted)."""
+    temperature: float = 0.7
+    """Sampling temperature; log-probs are recomputed at the same temperature."""
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=3e-5, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0)
+    )
+    kl_coef: float = 0.05
+    """Initial beta of the per-token KL penalty -beta*kl_t."""
+    kl_target: float = 0.0
+    """Target KL for the adaptive controller (Ziegler et al.); 0 = fixed beta."""
+    kl_horizon: int = 10000
+    """Horizon of the adaptive KL controller, in episodes."""
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k1"
+    """Per-token KL estimator in the penalty."""
+    gamma: float = 1.0
+    """Discount of GAE."""
+    lam: float = 0.95
+    """Lambda of GAE."""
+    cliprange: float = 0.2
+    """PPO ratio clip epsilon."""
+    cliprange_value: float = 0.2
+    """Value clip range."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight (0 = off)."""
+    normalize_reward: bool = True
+    """Normalise scores with the reward model's stored mean/std (from its training)."""
+    reward_clip: float = 5.0
+    """Clip normalised scores to +-reward_clip (0 = off)."""
+    whiten_rewards: bool = False
+    """Whiten the per-token rewards of each batch before GAE."""
+    missing_eos_penalty: float = 1.0
+    """Subtracted from the score of a response that never produced EOS (the 'EOS trick')."""
+    reward_fn: Literal["model", "length"] = "model"
+    """'model': the reward model; 'length': the flawed len(response)/100 reward (reward-hacking experiments)."""
+    log_every: int = 1
+    """Log metrics every N updates."""
+    save_every: int = 16
+    """Write a resume checkpoint every N updates."""
+    resume: bool = False
+    """Continue from the newest resume checkpoint in --out."""
+
+
+@dataclass
+class CompareConfig(RunConfig):
+    """SFT vs PPO policy side by side on held-out prompts: proxy reward, gold score, win rate, KL, length."""
+
+    out: Path = Path("runs/compare")
+    """Directory for summary.json (with a sample table)."""
+    sft: Path = Path("runs/sft")
+    """SFT checkpoint."""
+    policy: Path = Path("runs/ppo")
+    """PPO policy checkpoint."""
+    reward: Path = Path("runs/reward")
+    """Reward model checkpoint (the proxy)."""
+    prompts: Path | None = None
+    """Prompt file; none = the built-in task's held-out prompts (gold score only there)."""
+    keys: DataKeys = field(default_factory=DataKeys)
+    n_prompts: int = 256
+    """Held-out prompts to compare on."""
+    samples_per_prompt: int = 2
+    """Responses sampled per prompt and policy."""
+    response_length: int = 32
+    """New tokens per response."""
+    temperature: float = 0.7
+    """Sampling temperature (the same for both policies)."""
+    bootstrap: int = 2000
+    """Bootstrap resamples for the 95% confidence interval of the gold difference."""
+
+
+@dataclass
+class DemoConfig(RunConfig):
+    """The whole pipeline on the built-in task: SFT -> reward model -> PPO -> compare, in a few minutes on a CPU."""
+
+    out: Path = Path("runs/demo")
+    """Run directory: sft/, reward/, ppo/, compare/, summary.json."""
+    sft_epochs: float = 4.0
+    """SFT passes over the demonstrations."""
+    sft_lr: float = 3e-3
+    """SFT peak learning rate."""
+    rm_pairs: int = 2000
+    """Preference pairs for the reward model."""
+    rm_epochs: float = 2.0
+    """Reward-model passes over the pairs."""
+    episodes: int = 1024
+    """PPO episodes (prompts sampled)."""
+    kl_coef: float = 0.05
+    """PPO KL penalty beta."""
+    compare_prompts: int = 256
+    """Held-out prompts in the final comparison."""
+
+
 # ------------------------------------------------------------------------------------------------ config files
-def load_config_file(cls: type, path: Path, base=None):
-    """Build a `cls` instance from a YAML/TOML/JSON file, starting from `base` (or the defaults)."""
+def declared_defaults(cls: type):
+    """A `cls` instance holding the declared defaults *before* `__post_init__` derives anything.
+
+    The CLI layers the config file and the flags on this and constructs the final config once, so derived values
+    (e.g. RewardConfig's lr/epochs/max_length = 0, meaning 'auto') follow the final options, not the defaults.
+    """
+    obj = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:  # pragma: no cover - every config field has a default
+            raise TypeError(f"{cls.__name__}.{f.name} has no default")
+        object.__setattr__(obj, f.name, value)
+    return obj
+
+
+def load_config_file(cls: type, path: Path, base=None, resolve: bool = True):
+    """Build a `cls` instance from a YAML/TOML/JSON file, starting from `base` (or the declared defaults).
+
+    `resolve=False` skips `__post_init__` (the CLI resolves once, after the flags are applied).
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: config file not found")
@@ -259,12 +402,24 @@ def load_config_file(cls: type, path: Path, base=None):
         else:
             raise UserError(f"{path}: unknown config format '{path.suffix}'; use .yaml, .yml, .toml or .json")
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        line = getattr(e, "lineno", None) or getattr(getattr(e, "problem_mark", None), "line", None)
+        line = _error_line(e)
         where = f"{path}:{line}" if line else str(path)
         raise UserError(f"{where}: cannot parse config ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a config file must map option names to values")
-    return _merge(cls, base if base is not None else cls(), data, path, "")
+    merged = _merge(cls, base if base is not None else declared_defaults(cls), data, path, "")
+    return dataclasses.replace(merged) if resolve else merged
+
+
+def _error_line(e: Exception) -> int | None:
+    """1-based line of a JSON/YAML/TOML parse error, when the parser says."""
+    if getattr(e, "lineno", None):  # json (and tomllib from Python 3.14)
+        return e.lineno
+    mark = getattr(e, "problem_mark", None)
+    if mark is not None:  # PyYAML marks count lines from 0
+        return mark.line + 1
+    found = re.search(r"at line (\d+)", str(e))  # tomllib before 3.14: "... (at line 2, column 6)"
+    return int(found.group(1)) if found else None
 
 
 def _merge(cls, base, data: dict, path: Path, prefix: str):
@@ -284,7 +439,11 @@ def _merge(cls, base, data: dict, path: Path, prefix: str):
             changes[key] = _merge(type(current), current, value, path, f"{prefix}{key}.")
         else:
             changes[key] = _coerce(hint, value, path, f"{prefix}{raw_key}")
-    return dataclasses.replace(base, **changes)
+    # A plain copy, not dataclasses.replace: __post_init__ must run once, on the final values.
+    merged = copy.copy(base)
+    for key, value in changes.items():
+        object.__setattr__(merged, key, value)
+    return merged
 
 
 def _coerce(hint, value, path: Path, name: str):

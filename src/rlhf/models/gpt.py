@@ -38,6 +38,12 @@ class GPTConfig:
     """Dropout during SFT (RL stages always turn dropout off)."""
 
 
+def is_right_padded(mask: torch.Tensor) -> bool:
+    """True when every row is real tokens followed only by padding (no pad before a real token)."""
+    m = mask.bool()
+    return bool(m[:, 0].all()) and not bool((m[:, 1:] & ~m[:, :-1]).any())
+
+
 class KVCache:
     """Preallocated keys/values for all layers: (n_layer, B, nh, max_len, hs), written in place while decoding."""
 
@@ -161,6 +167,10 @@ class GPT(nn.Module):
         the mask covers only the new tokens.
         """
         B, T = idx.shape
+        if cache is None and attention_mask is not None and is_right_padded(attention_mask):
+            # Right padding needs no mask: causal attention already hides later pads from real tokens, and
+            # positions start at 0 in every row. The fast causal kernel; pad positions' outputs are never read.
+            attention_mask = None
         if attention_mask is None and cache is None:
             assert T <= self.cfg.block_size, (
                 f"sequence of {T} tokens exceeds block_size={self.cfg.block_size}"

@@ -22,6 +22,14 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return T - 1 - attention_mask.long().flip(1).argmax(1)
 
 
+def scalar_head(d: int) -> nn.Linear:
+    """Linear d -> 1 initialised as in Huang et al. 2024 detail 11: weight ~ N(0, 1/sqrt(d+1)), bias 0."""
+    head = nn.Linear(d, 1)
+    nn.init.normal_(head.weight, std=1.0 / math.sqrt(d + 1))
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class ScalarModel(nn.Module):
     """Trunk + linear head giving one scalar per token; `score()` pools them into one scalar per sequence."""
 
@@ -30,11 +38,7 @@ class ScalarModel(nn.Module):
         assert pooling in ("last", "mean"), f"pooling must be 'last' or 'mean', got {pooling!r}"
         self.trunk = trunk
         self.pooling = pooling
-        d = trunk.hidden_size
-        self.head = nn.Linear(d, 1)
-        # Huang et al. 2024 detail 11: head ~ N(0, 1/sqrt(d+1)), bias 0.
-        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(d + 1))
-        nn.init.zeros_(self.head.bias)
+        self.head = scalar_head(trunk.hidden_size)
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per-token scalars (B, T) (the value model reads these)."""

@@ -255,7 +255,7 @@ def train_reward(cfg: RewardConfig) -> dict:
                 loss = loss + cfg.center_rewards * center_rewards_loss(rc, rr)
             # The loss is a mean over this chunk; weight by its share so the step's loss is a mean over all pairs.
             (loss * len(chunk) / n_pairs).backward()
-            loss_sum += float(loss) * len(chunk)
+            loss_sum += float(loss.detach()) * len(chunk)
             correct += int((rc > rr).sum())
             margin_sum += float((rc - rr).sum())
         grad_norm = clip_grads(model, cfg.optim.grad_clip)

@@ -2,8 +2,17 @@
 
 Both the generator (`instruct.py`) and the gold judge (`judge.py`) read these tables. The judge recovers
 everything it needs from the prompt text alone (`parse_prompt`), so it can grade any response a policy
-writes without hidden state. Vocabularies are small and closed on purpose: a ~1M-parameter byte-level
-model has to memorise them in about a minute of CPU training.
+writes without hidden state.
+
+The families are chosen for a ~1M-parameter byte-level model trained for about a minute of CPU: most
+answers can be copied or computed from the prompt, so they generalise to prompts never seen in training.
+
+- echo: "Q: Repeat the word: lantern" -> "lantern" (copy a word);
+- upper: "Q: Uppercase: lantern" -> "LANTERN" (copy a word, changing its case);
+- compare: "Q: Which is larger, 3 or 8?" -> "8" (pick the larger of two digits);
+- successor: "Q: What comes after 47?" -> "48" (add one to a number below 99);
+- capital: "Q: What is the capital of France?" -> "Paris" (a small memorised table);
+- items: "Q: Name 3 colors." -> "red, blue, green" (any n distinct members of a small category).
 """
 
 from __future__ import annotations
@@ -12,15 +21,20 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-FAMILIES = ("arithmetic", "capital", "items", "definition")
+FAMILIES = ("echo", "upper", "compare", "successor", "capital", "items")
 
-# Two surface forms per family: enough variety to avoid a single string per fact, few enough to learn.
-ARITHMETIC_TEMPLATES = ("Q: What is {a}{sym}{b}?\nA:", "Q: What is {a} {word} {b}?\nA:")
-OPERATORS = {"+": "plus", "-": "minus"}
-CAPITAL_TEMPLATES = ("Q: What is the capital of {country}?\nA:", "Q: Name the capital of {country}.\nA:")
-ITEMS_TEMPLATES = ("Q: Name {n} {category}.\nA:", "Q: List {n} {category}.\nA:")
+# Two surface forms per family: enough variety to avoid a single string per question, few enough to learn.
+TEMPLATES = {
+    "echo": ("Q: Repeat the word: {word}\nA:", "Q: Say the word {word}.\nA:"),
+    "upper": ("Q: Uppercase: {word}\nA:", "Q: Write {word} in caps.\nA:"),
+    "compare": ("Q: Which is larger, {a} or {b}?\nA:", "Q: Which is bigger: {a} or {b}?\nA:"),
+    "successor": ("Q: What comes after {n}?\nA:", "Q: What number follows {n}?\nA:"),
+    "capital": ("Q: What is the capital of {country}?\nA:", "Q: Name the capital of {country}.\nA:"),
+    "items": ("Q: Name {n} {category}.\nA:", "Q: List {n} {category}.\nA:"),
+}
+DIGITS = tuple(range(10))  # compare: two distinct digits
+NUMBERS = tuple(range(99))  # successor: the answer stays below 100
 ITEM_COUNTS = (2, 3, 4)
-DEFINITION_TEMPLATES = ("Q: Define {word}.\nA:", "Q: What does {word} mean?\nA:")
 
 # Single-word capitals only, so one token identifies one capital and none is also a country's name.
 CAPITALS = {
@@ -30,78 +44,63 @@ CAPITALS = {
     "Spain": "Madrid",
     "Germany": "Berlin",
     "Egypt": "Cairo",
-    "Kenya": "Nairobi",
     "Peru": "Lima",
-    "Chile": "Santiago",
     "Russia": "Moscow",
-    "China": "Beijing",
-    "Canada": "Ottawa",
     "Greece": "Athens",
     "Norway": "Oslo",
-    "Sweden": "Stockholm",
-    "Poland": "Warsaw",
-    "Austria": "Vienna",
-    "Ireland": "Dublin",
-    "Portugal": "Lisbon",
-    "Cuba": "Havana",
-    "Thailand": "Bangkok",
-    "Turkey": "Ankara",
-    "Australia": "Canberra",
-    "Iran": "Tehran",
-    "Hungary": "Budapest",
-    "Finland": "Helsinki",
-    "Denmark": "Copenhagen",
 }
 
-# Categories share no member (no "orange" in both colors and fruits), so every member names one category.
+# Categories share no member, so every member names one category. The listed order is the canonical one
+# that demonstrations use (the judge accepts any n distinct members).
 CATEGORIES = {
-    "colors": ("red", "blue", "green", "yellow", "black", "white", "pink", "purple", "brown", "gray"),
-    "fruits": ("apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear", "plum", "kiwi"),
-    "animals": ("cat", "dog", "horse", "cow", "lion", "tiger", "bear", "wolf", "fox", "sheep"),
-    "number words": ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"),
-    "days of the week": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
-    "shapes": ("circle", "square", "triangle", "oval", "star", "heart", "diamond"),
+    "colors": ("red", "blue", "green", "yellow", "black", "white", "pink"),
+    "fruits": ("apple", "banana", "cherry", "grape", "lemon", "mango", "pear"),
+    "animals": ("cat", "dog", "horse", "cow", "lion", "bear", "fox"),
+    "days": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+    "shapes": ("circle", "square", "triangle", "oval", "star", "heart"),
 }
 
-# word -> (canonical one-sentence definition without the final period, key stems it must mention).
-# Stems match word prefixes ("pull" matches "pulls"); no definition holds all the stems of another word.
-DEFINITIONS = {
-    "gravity": ("The force that pulls masses together", ("force", "pull")),
-    "volcano": ("A mountain that erupts lava", ("mountain", "lava")),
-    "democracy": ("Rule by the people through voting", ("people", "vot")),
-    "ocean": ("A huge body of salt water", ("salt", "water")),
-    "planet": ("A large body that orbits a star", ("orbit", "star")),
-    "battery": ("A device that stores electric energy", ("stor", "energy")),
-    "thermometer": ("A tool that measures temperature", ("measur", "temperature")),
-    "island": ("Land surrounded by water", ("land", "surround")),
-    "desert": ("A dry place with little rain", ("dry", "rain")),
-    "glacier": ("A slow river of ice", ("slow", "ice")),
-    "magnet": ("An object that attracts iron", ("attract", "iron")),
-    "bridge": ("A path built across a river", ("across", "river")),
-    "library": ("A building full of books to borrow", ("book", "borrow")),
-    "telescope": ("A tool to see distant objects", ("see", "distant")),
-    "vaccine": ("A medicine that builds immunity", ("medicine", "immun")),
-    "river": ("Fresh water flowing to the sea", ("fresh", "flow")),
-    "skeleton": ("The frame of bones in a body", ("frame", "bone")),
-    "calendar": ("A chart of days and months", ("day", "month")),
-    "umbrella": ("A cover that keeps off rain", ("cover", "rain")),
-    "photosynthesis": ("How plants make food from light", ("plant", "light")),
-    "oxygen": ("The gas we need to breathe", ("gas", "breath")),
-}
+# Words to echo or uppercase: lowercase nouns of 3-7 letters, none a capital, a category member or a word
+# of the response templates and judge phrases ("sure", "answer", "think", ...), so a response mentions a
+# listed word only when it answers with it.
+WORDS = tuple(
+    """
+    anchor apron arrow badge bagel banjo barrel basket beach berry bison blanket bottle bread brick bridge
+    broom brush bucket butter button cabin cable cactus camel camera canal candle canoe carpet carrot castle
+    chair chalk cheese clock cloud coast cobra comet cookie copper coral cotton couch crayon crown daisy desk
+    dolphin donkey dragon drum eagle engine fabric falcon feather fence fern flute forest fork fossil frog
+    garden gecko ghost giant ginger glove goat goose grass guitar hammer harbor hawk helmet hill honey horn
+    hotel igloo ink jacket jar jelly jewel jungle kayak kettle key kite kitten knife koala ladder lake lamp
+    lantern leaf lily lizard llama magnet map maple marble mask meadow melon metal mint mirror monkey moose
+    moth motor mouse mud needle nest net noodle nut oak oar olive onion orbit otter owl oyster paddle palace
+    pan panda paper parrot pearl pen pencil pepper piano pie pig pillow pilot pine pipe planet plate pocket
+    pond pony pot potato puzzle quilt rabbit radio rain raven reef ring river road robot rocket rope rose
+    ruby rug saddle sail salad salt sand sandal scarf seal seed shadow shark sheep shell ship shoe silk
+    silver singer skate sled snail snake sock sofa soup spider spoon statue stone storm straw sugar summer
+    sunset swan sword table tent tiger toast tomato towel tower toy train tree truck tulip turtle valley van
+    vase velvet violin wagon walnut wax whale wheat wheel window winter wizard wolf wool yak yarn yogurt
+    zebra
+    """.split()
+)
 
-_ARITHMETIC_RE = re.compile(r"Q: What is (\d) ?(\+|-|plus|minus) ?(\d)\?\s*A:")
+_ECHO_RE = re.compile(r"Q: (?:Repeat the word: ([a-z]+)|Say the word ([a-z]+)\.)\s*A:")
+_UPPER_RE = re.compile(r"Q: (?:Uppercase: ([a-z]+)|Write ([a-z]+) in caps\.)\s*A:")
+_COMPARE_RE = re.compile(r"Q: Which is (?:larger,|bigger:) (\d) or (\d)\?\s*A:")
+_SUCCESSOR_RE = re.compile(r"Q: (?:What comes after|What number follows) (\d{1,2})\?\s*A:")
 _CAPITAL_RE = re.compile(r"Q: (?:What is|Name) the capital of ([A-Za-z]+)[?.]\s*A:")
 _ITEMS_RE = re.compile(r"Q: (?:Name|List) (\d) ([a-z ]+)\.\s*A:")
-_DEFINITION_RE = re.compile(r"Q: (?:Define ([a-z]+)\.|What does ([a-z]+) mean\?)\s*A:")
+_WORD_SET = frozenset(WORDS)
 
 
 @dataclass(frozen=True)
 class Spec:
     """What a prompt asks for, recovered from its text.
 
-    `key` is the expected number (arithmetic), the capital (capital), the category (items) or the word
-    (definition); `n` is the number of items asked for (items only). `ideal_len` is the byte length of
-    the longest concise correct answer, stripped: responses up to it are never "too long".
+    `key` is the expected answer (echo and upper: the word in lowercase; compare and successor: the number;
+    capital: the capital) or the category (items); `n` is the number of items asked for (items) or the
+    smaller digit (compare), else 0.
+    `ideal_len` is the byte length of the longest concise correct answer, stripped: responses up to it are
+    never "too long".
     """
 
     family: str
@@ -123,27 +122,35 @@ def parse_prompt(prompt: str) -> Spec:
 
 @lru_cache(maxsize=4096)  # prompts repeat across a run; parsing each once keeps the judge fast
 def _parse(prompt: str) -> Spec | None:
-    if m := _ARITHMETIC_RE.fullmatch(prompt):
-        a, op, b = int(m[1]), m[2], int(m[3])
-        if op in ("+", "plus"):
-            return Spec("arithmetic", str(a + b))
-        return Spec("arithmetic", str(a - b)) if a >= b else None
+    if (m := _ECHO_RE.fullmatch(prompt)) and (word := m[1] or m[2]) in _WORD_SET:
+        return Spec("echo", word)
+    if (m := _UPPER_RE.fullmatch(prompt)) and (word := m[1] or m[2]) in _WORD_SET:
+        return Spec("upper", word)
+    if (m := _COMPARE_RE.fullmatch(prompt)) and m[1] != m[2]:
+        return Spec("compare", max(m[1], m[2]), int(min(m[1], m[2])))
+    if (m := _SUCCESSOR_RE.fullmatch(prompt)) and str(int(m[1])) == m[1] and int(m[1]) in NUMBERS:
+        return Spec("successor", str(int(m[1]) + 1))
     if (m := _CAPITAL_RE.fullmatch(prompt)) and m[1] in CAPITALS:
         return Spec("capital", CAPITALS[m[1]])
     if (m := _ITEMS_RE.fullmatch(prompt)) and m[2] in CATEGORIES and int(m[1]) in ITEM_COUNTS:
         return Spec("items", m[2], int(m[1]))
-    if (m := _DEFINITION_RE.fullmatch(prompt)) and (word := m[1] or m[2]) in DEFINITIONS:
-        return Spec("definition", word)
     return None
+
+
+def answer_text(spec: Spec) -> str:
+    """The bare answer as it should be written: "lantern", "LANTERN", "8", "Paris"; items: the first n."""
+    if spec.family == "upper":
+        return spec.key.upper()
+    if spec.family == "items":
+        return ", ".join(CATEGORIES[spec.key][: spec.n])
+    return spec.key
 
 
 def concise_answer(spec: Spec, items: tuple[str, ...] | None = None) -> str:
     """The ideal response (leading space, final period); for items, `items` picks which members to name."""
-    if spec.family == "items":
-        return " " + ", ".join(items or CATEGORIES[spec.key][: spec.n]) + "."
-    if spec.family == "definition":
-        return f" {DEFINITIONS[spec.key][0]}."
-    return f" {spec.key}."
+    if spec.family == "items" and items is not None:
+        return " " + ", ".join(items) + "."
+    return f" {answer_text(spec)}."
 
 
 @lru_cache(maxsize=256)

@@ -1,15 +1,18 @@
 """The built-in synthetic instruction task: prompts, mixed-quality demonstrations and preference pairs.
 
-Four prompt families (arithmetic, capitals, name-N-items, definitions) with short fixed-format prompts
-such as "Q: What is 3+4?\\nA:" and short answers such as " 7.". Responses come in styles (`STYLES`):
-concise (the ideal), padded (filler around the answer), hedging, wrong, repetitive and empty (bare
-punctuation). The gold judge (`judge.py`) scores them; SFT data mixes styles so that an SFT model is
-mediocre and PPO has room to improve.
+Six prompt families (`facts.FAMILIES`: echo, upper, compare, successor, capital, items) with short
+fixed-format prompts such as "Q: Uppercase: lantern\nA:" and short answers such as " LANTERN.". Most
+answers are copied or computed from the prompt, so a tiny byte-level model can learn them in a minute of
+CPU and answer held-out prompts too. Responses come in styles (`STYLES`): concise (the ideal), padded
+(filler around the answer), hedging, wrong, repetitive and empty (bare punctuation). The gold judge
+(`judge.py`) scores them; SFT data mixes styles so that an SFT model is mediocre and PPO has room to
+improve.
 
-Splits are fixed, independent of the seed, so every seed evaluates on the same held-out prompts:
-20% of arithmetic operand pairs and of (category, count) combinations are test-only, so those test
-prompts never occur in training; capitals and definitions split their prompt strings by a stable hash
-(the knowledge repeats across splits under the other template; only the prompt strings are disjoint).
+Splits are fixed, independent of the seed, so every seed evaluates on the same held-out prompts, and no
+test prompt string occurs in training. Where the answer is computed, the test split holds out inputs:
+20% of the words (for echo and upper alike), of the unordered digit pairs (compare) and of the numbers
+(successor), under both templates. The memorised families (capital, items) hold out 20% of their prompt
+strings, at most one template per fact, so each test fact is taught under the other template.
 All sampling is deterministic given the seed.
 """
 
@@ -21,18 +24,16 @@ from collections.abc import Callable
 
 from rlhf.tasks import judge
 from rlhf.tasks.facts import (
-    ARITHMETIC_TEMPLATES,
-    CAPITAL_TEMPLATES,
     CAPITALS,
     CATEGORIES,
-    DEFINITION_TEMPLATES,
-    DEFINITIONS,
+    DIGITS,
     FAMILIES,
     ITEM_COUNTS,
-    ITEMS_TEMPLATES,
-    OPERATORS,
+    NUMBERS,
+    TEMPLATES,
+    WORDS,
     Spec,
-    concise_answer,
+    answer_text,
     parse_prompt,
 )
 
@@ -178,42 +179,47 @@ def _holdout(keys: list[str]) -> set[str]:
     return set(sorted(keys, key=_stable_hash)[: round(len(keys) * TEST_FRACTION)])
 
 
-def _split_by(keyed: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Split prompts grouped by key (all prompts of a key go to the same split)."""
-    held = _holdout(list(keyed))
+def _split_by(keyed: dict[str, list[str]], held: set[str]) -> dict[str, list[str]]:
+    """Split prompts grouped by key: all prompts of a key in `held` go to test, the others to train."""
     return {
         "train": [p for k, ps in keyed.items() if k not in held for p in ps],
         "test": [p for k, ps in keyed.items() if k in held for p in ps],
     }
 
 
-def _arithmetic_prompts() -> dict[str, list[str]]:
-    keyed = {}
-    for sym, word in OPERATORS.items():
-        for a in range(10):
-            for b in range(10):
-                if sym == "-" and a < b:  # results stay non-negative
-                    continue
-                keyed[f"{a}{sym}{b}"] = [t.format(a=a, b=b, sym=sym, word=word) for t in ARITHMETIC_TEMPLATES]
-    return keyed
+def _split_prompts(by_fact: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Hold out TEST_FRACTION of the prompt strings by hash, at most one per fact (so train keeps each fact)."""
+    prompts = sorted((p for ps in by_fact.values() for p in ps), key=_stable_hash)
+    fact_of = {p: fact for fact, ps in by_fact.items() for p in ps}
+    want, held, held_facts = round(len(prompts) * TEST_FRACTION), set(), set()
+    for p in prompts:
+        if len(held) < want and fact_of[p] not in held_facts:
+            held.add(p)
+            held_facts.add(fact_of[p])
+    return {"train": [p for p in prompts if p not in held], "test": [p for p in prompts if p in held]}
+
+
+def _fill(family: str, **fields) -> list[str]:
+    return [t.format(**fields) for t in TEMPLATES[family]]
 
 
 def _build_pools() -> dict[str, dict[str, list[str]]]:
     """split -> family -> prompt strings."""
+    held_words = _holdout(list(WORDS))
+    pairs = {f"{a}{b}": (a, b) for a in DIGITS for b in DIGITS if a < b}
     by_family = {
-        "arithmetic": _split_by(_arithmetic_prompts()),
-        "capital": _split_by(
-            {t.format(country=c): [t.format(country=c)] for t in CAPITAL_TEMPLATES for c in CAPITALS}
+        "echo": _split_by({w: _fill("echo", word=w) for w in WORDS}, held_words),
+        "upper": _split_by({w: _fill("upper", word=w) for w in WORDS}, held_words),
+        "compare": _split_by(
+            {k: _fill("compare", a=a, b=b) + _fill("compare", a=b, b=a) for k, (a, b) in pairs.items()},
+            _holdout(list(pairs)),
         ),
-        "items": _split_by(
-            {
-                f"{n} {c}": [t.format(n=n, category=c) for t in ITEMS_TEMPLATES]
-                for c in CATEGORIES
-                for n in ITEM_COUNTS
-            }
+        "successor": _split_by(
+            {str(n): _fill("successor", n=n) for n in NUMBERS}, _holdout([str(n) for n in NUMBERS])
         ),
-        "definition": _split_by(
-            {t.format(word=w): [t.format(word=w)] for t in DEFINITION_TEMPLATES for w in DEFINITIONS}
+        "capital": _split_prompts({c: _fill("capital", country=c) for c in CAPITALS}),
+        "items": _split_prompts(
+            {f"{n} {c}": _fill("items", n=n, category=c) for c in CATEGORIES for n in ITEM_COUNTS}
         ),
     }
     return {split: {f: by_family[f][split] for f in FAMILIES} for split in SPLITS}
@@ -230,55 +236,50 @@ def _sample_prompt(rng: random.Random, split: str) -> str:
 
 
 def _correct_core(spec: Spec, rng: random.Random) -> str:
-    """The bare answer: "7", "Paris", "red, blue, green" (random members), "A mountain that erupts lava"."""
-    if spec.family == "items":
-        return concise_answer(spec, tuple(rng.sample(CATEGORIES[spec.key], spec.n))).strip(" .")
-    return concise_answer(spec).strip(" .")
+    """The bare answer: "lantern", "LANTERN", "8", "Paris", "red, blue, green" (the first n members)."""
+    return answer_text(spec)
 
 
 def _wrong_core(spec: Spec, rng: random.Random) -> str:
     """A plausible bare answer that the judge grades wrong."""
-    if spec.family == "arithmetic":
-        right = int(spec.key)
-        return str(rng.choice([x for x in (right - 2, right - 1, right + 1, right + 2) if x >= 0]))
+    if spec.family == "echo":
+        return rng.choice([w for w in WORDS if w != spec.key])
+    if spec.family == "upper":  # left in lowercase, or another word
+        return rng.choice([spec.key, rng.choice([w for w in WORDS if w != spec.key]).upper()])
+    if spec.family == "compare":  # the smaller of the two digits
+        return str(spec.n)
+    if spec.family == "successor":  # the number itself, or two more
+        return str(int(spec.key) + rng.choice([-1, 1]))
     if spec.family == "capital":
         return rng.choice([c for c in CAPITALS.values() if c != spec.key])
-    if spec.family == "definition":
-        return DEFINITIONS[rng.choice([w for w in DEFINITIONS if w != spec.key])][0]
     return ", ".join(_wrong_items(spec, rng))
 
 
 def _wrong_items(spec: Spec, rng: random.Random) -> list[str]:
-    """One too many, one too few (when that leaves at least two), or one from another category."""
+    """One too many, one too few (when that leaves at least two), or the last one from another category."""
     members = CATEGORIES[spec.key]
     kinds = ["too_many", "foreign"] + (["too_few"] if spec.n > 2 else [])
     kind = rng.choice(kinds)
     if kind == "too_many":
-        return rng.sample(members, spec.n + 1)
+        return list(members[: spec.n + 1])
     if kind == "too_few":
-        return rng.sample(members, spec.n - 1)
+        return list(members[: spec.n - 1])
     other = rng.choice([c for c in CATEGORIES if c != spec.key])
-    items = rng.sample(members, spec.n - 1) + [rng.choice(CATEGORIES[other])]
-    rng.shuffle(items)
-    return items
+    return list(members[: spec.n - 1]) + [rng.choice(CATEGORIES[other])]
 
 
 def _sentence(spec: Spec, core: str) -> str:
     """The answer as a full sentence, as a chatty assistant would phrase it."""
-    if spec.family == "arithmetic":
-        return f"The answer is {core}."
     if spec.family == "capital":
         return f"The capital is {core}."
-    return f"{core[0].upper()}{core[1:]}."
+    if spec.family == "items":
+        return f"{core[0].upper()}{core[1:]}."
+    return f"The answer is {core}."
 
 
 def _embedded(spec: Spec, core: str) -> str:
-    """The answer as a clause inside a hedge: "it is 7", "red, blue", "it is a mountain that ..."."""
-    if spec.family == "items":
-        return core
-    if spec.family == "definition":
-        core = core[0].lower() + core[1:]
-    return f"it is {core}"
+    """The answer as a clause inside a hedge: "it is 7", "red, blue"."""
+    return core if spec.family == "items" else f"it is {core}"
 
 
 def _concise(spec: Spec, rng: random.Random) -> str:
@@ -299,7 +300,7 @@ def _wrong(spec: Spec, rng: random.Random) -> str:
 
 def _repetitive(spec: Spec, rng: random.Random) -> str:
     once = f"{_correct_core(spec, rng)}."
-    times = 3 if len(once) <= 20 else 2  # keeps prompt + response near 100 bytes
+    times = 3 if len(once) <= 20 else 2  # keeps prompt + response under 100 bytes
     return " " + " ".join([once] * times)
 
 

@@ -6,9 +6,9 @@ answer from the prompt text (`facts.parse_prompt`), so it grades any response, i
 Parts (`components`), computed on the response text:
 
 - `correct` (0/1): the response gives the expected answer and nothing contradicting it
-  (arithmetic: every number in it is the result; capital: it names that capital and no other;
-  items: exactly `n` distinct members of the category and no member of another category;
-  definition: it mentions every key stem of the word and not all the stems of any other word).
+  (echo: it names the word and no other listed word; upper: the same, and every mention of the word is
+  in capitals; compare and successor: every number in it is the answer; capital: it names that capital
+  and no other; items: exactly `n` distinct members of the category and no member of another category).
 - `hedge`: 0.25 per hedging phrase ("I think", "maybe", "not sure", ...), at most 0.5.
 - `repetition`: 0.6 per repeat (a repeated mention of an answer item, or a repeated word bigram), at most 1.5.
 - `filler`: 0.15 per filler phrase ("Sure!", "Hope this helps!", ...), at most 0.45.
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 
-from rlhf.tasks.facts import CAPITALS, CATEGORIES, DEFINITIONS, Spec, concise_answer, parse_prompt
+from rlhf.tasks.facts import CAPITALS, CATEGORIES, WORDS, Spec, concise_answer, parse_prompt
 
 WRONG_BASE = -0.5
 HEDGE_PER, HEDGE_CAP = 0.25, 0.5
@@ -42,6 +42,7 @@ LENGTH_WEIGHT = 0.5  # weight of (1 - concise) in `score`
 MAX_ANALYSED_CHARS = 1024
 
 _WORD_RE = re.compile(r"[a-z0-9]+")
+_CASED_WORD_RE = re.compile(r"[A-Za-z0-9]+")
 _HEDGE_RE = re.compile(
     r"\b(?:i think|maybe|not sure|perhaps|probably|possibly|i guess|i believe|might be|could be wrong)\b"
 )
@@ -54,6 +55,7 @@ _FILLER_RE = re.compile(
 _CAPITAL_TOKENS = {c.lower() for c in CAPITALS.values()}
 _CATEGORY_SETS = {cat: frozenset(m.lower() for m in members) for cat, members in CATEGORIES.items()}
 _ALL_MEMBERS = frozenset().union(*_CATEGORY_SETS.values())
+_WORD_SET = frozenset(WORDS)
 
 
 def score(prompt: str, response: str, finished: bool = True) -> float:
@@ -78,7 +80,8 @@ def components(prompt: str, response: str, finished: bool = True) -> dict[str, f
             "repetition": 0.0,
             "filler": 0.0,
         }
-    mentions, correct = _CHECKERS[spec.family](spec, tokens)
+    cased = _CASED_WORD_RE.findall(response[:MAX_ANALYSED_CHARS])  # only `upper` reads the case
+    mentions, correct = _CHECKERS[spec.family](spec, tokens, cased)
     excess = max(0, len(response.strip().encode("utf-8", "replace")) - spec.ideal_len)
     concise = 1.0 - min(1.0, excess / LENGTH_SCALE)
     hedge = min(HEDGE_CAP, HEDGE_PER * len(_HEDGE_RE.findall(text)))
@@ -107,43 +110,44 @@ def _repeated_bigrams(tokens: list[str]) -> int:
     return len(bigrams) - len(set(bigrams))
 
 
-# Each checker returns (answer-item mentions, for the repetition count; whether the answer is correct).
+# Each checker reads the lowercase word tokens (and the original-case ones) and returns (answer-item
+# mentions, for the repetition count; whether the answer is correct).
 
 
-def _check_arithmetic(spec: Spec, tokens: list[str]) -> tuple[list[str], bool]:
+def _check_word(spec: Spec, tokens: list[str], cased: list[str]) -> tuple[list[str], bool]:
+    named = [t for t in tokens if t in _WORD_SET]
+    return named, set(named) == {spec.key}
+
+
+def _check_upper(spec: Spec, tokens: list[str], cased: list[str]) -> tuple[list[str], bool]:
+    """Like echo, and every mention of the word is in capitals."""
+    named = [t for t in cased if t.lower() in _WORD_SET]
+    lowered = [t.lower() for t in named]
+    return lowered, set(lowered) == {spec.key} and all(t == spec.key.upper() for t in named)
+
+
+def _check_number(spec: Spec, tokens: list[str], cased: list[str]) -> tuple[list[str], bool]:
     numbers = [t.lstrip("0") or "0" for t in tokens if t.isdigit()]
     return numbers, bool(numbers) and all(x == spec.key for x in numbers)
 
 
-def _check_capital(spec: Spec, tokens: list[str]) -> tuple[list[str], bool]:
+def _check_capital(spec: Spec, tokens: list[str], cased: list[str]) -> tuple[list[str], bool]:
     named = [t for t in tokens if t in _CAPITAL_TOKENS]
     return named, set(named) == {spec.key.lower()}
 
 
-def _check_items(spec: Spec, tokens: list[str]) -> tuple[list[str], bool]:
+def _check_items(spec: Spec, tokens: list[str], cased: list[str]) -> tuple[list[str], bool]:
     members = _CATEGORY_SETS[spec.key]
     named = [t for t in tokens if t in _ALL_MEMBERS]
     distinct = set(named)
     return named, len(distinct) == spec.n and distinct <= members
 
 
-def _check_definition(spec: Spec, tokens: list[str]) -> tuple[list[str], bool]:
-    stems = DEFINITIONS[spec.key][1]
-    hits = [s for t in tokens for s in stems if t.startswith(s)]
-    words = set(tokens)
-    covers_other = any(
-        _covers(words, other_stems) for word, (_, other_stems) in DEFINITIONS.items() if word != spec.key
-    )
-    return hits, set(hits) == set(stems) and not covers_other
-
-
-def _covers(words: set[str], stems: tuple[str, ...]) -> bool:
-    return all(any(w.startswith(s) for w in words) for s in stems)
-
-
 _CHECKERS = {
-    "arithmetic": _check_arithmetic,
+    "echo": _check_word,
+    "upper": _check_upper,
+    "compare": _check_number,
+    "successor": _check_number,
     "capital": _check_capital,
     "items": _check_items,
-    "definition": _check_definition,
 }

@@ -1,0 +1,164 @@
+"""`rlhf compare`: the SFT policy and the PPO policy side by side on held-out prompts.
+
+Proxy reward (the learned reward model), gold score (the task's judge - the truth), the gold difference with a
+95% bootstrap confidence interval over prompts, gold win rate, KL of the PPO policy to the reference, lengths,
+and a table of samples. Reads checkpoints only; trains nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rlhf.checkpoint import write_json
+from rlhf.config import CompareConfig
+from rlhf.data.collate import encode_prompt, pad
+from rlhf.data.loader import ColumnKeys, load_prompts
+from rlhf.generation import sample
+from rlhf.models.build import load_policy, load_scalar
+from rlhf.rl import logprobs_from_logits
+from rlhf.stages.common import say, setup_run
+from rlhf.stages.ppo import at_response, right_align, score_responses
+from rlhf.tasks import get_task
+
+
+def bootstrap_ci(diffs: torch.Tensor, n_boot: int, seed: int, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of the mean of `diffs` (one value per prompt)."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(diffs), (n_boot, len(diffs)), generator=gen)
+    means = diffs[idx].mean(1)
+    lo, hi = torch.quantile(
+        means.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.double)
+    )
+    return [float(lo), float(hi)]
+
+
+@torch.inference_mode()
+def rollout_eval(
+    policy, ref, reward_model, norm, tok, prompts: list[str], cfg: CompareConfig, seed: int, task
+):
+    """Sample from `policy`; per sample: text, gold, proxy score, KL to `ref` (sum of k1 over tokens), length."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for start in range(0, len(prompts), 64):
+        chunk = prompts[start : start + 64]
+        p_ids, p_mask = pad([encode_prompt(tok, p, 64)[0] for p in chunk], tok.pad_id, side="left")
+        r = sample(
+            policy, p_ids, p_mask, cfg.response_length, tok.eos_id, tok.pad_id, cfg.temperature, generator=gen
+        )
+        ids, mask, resp_pos = right_align(p_ids, p_mask, r.response_ids, r.response_mask, tok.pad_id)
+        targets = ids.gather(1, resp_pos.clamp(max=ids.size(1) - 1))
+        lp = logprobs_from_logits(at_response(policy(ids, mask), resp_pos), targets, cfg.temperature)
+        lp_ref = logprobs_from_logits(at_response(ref(ids, mask), resp_pos), targets, cfg.temperature)
+        kl = ((lp - lp_ref) * r.response_mask).sum(1)
+        proxy = score_responses(reward_model, ids, mask, norm, 0.0)
+        for j, p in enumerate(chunk):
+            text = tok.decode(r.response_ids[j][r.response_mask[j]].tolist())
+            fin = bool(r.finished[j])
+            rows.append(
+                {
+                    "prompt": p,
+                    "response": text,
+                    "finished": fin,
+                    "gold": task.score(p, text, fin) if task else None,
+                    "proxy": float(proxy[j]),
+                    "kl": float(kl[j]),
+                    "length": int(r.response_mask[j].sum()),
+                }
+            )
+    return rows
+
+
+def run_compare(cfg: CompareConfig) -> dict:
+    out = setup_run(cfg)
+    sft, tok, _ = load_policy(cfg.sft)
+    ppo, _, _ = load_policy(cfg.policy)
+    reward_model, _, rm_cfg = load_scalar(cfg.reward)
+    for m in (sft, ppo, reward_model):
+        m.eval()
+    norm = rm_cfg.get("reward_norm")
+    task = get_task("instruct", seed=cfg.seed)
+    if cfg.prompts is None:
+        prompts = task.prompts(cfg.n_prompts, split="test")
+    else:
+        k = cfg.keys
+        prompts = load_prompts(cfg.prompts, ColumnKeys(k.prompt_key, k.chosen_key, k.rejected_key))[
+            : cfg.n_prompts
+        ]
+        task = None
+    prompts_rep = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+    # The same seed for both policies: differences come from the weights, not the dice.
+    rows_sft = rollout_eval(sft, sft, reward_model, norm, tok, prompts_rep, cfg, cfg.seed + 1, task)
+    rows_ppo = rollout_eval(ppo, sft, reward_model, norm, tok, prompts_rep, cfg, cfg.seed + 1, task)
+
+    def mean(rows, key):
+        return sum(r[key] for r in rows) / len(rows)
+
+    summary = {
+        "n_prompts": len(prompts),
+        "samples_per_prompt": cfg.samples_per_prompt,
+        "temperature": cfg.temperature,
+        "proxy_sft": mean(rows_sft, "proxy"),
+        "proxy_ppo": mean(rows_ppo, "proxy"),
+        "kl_ppo": mean(rows_ppo, "kl"),
+        "length_sft": mean(rows_sft, "length"),
+        "length_ppo": mean(rows_ppo, "length"),
+        "eos_rate_sft": mean(rows_sft, "finished"),
+        "eos_rate_ppo": mean(rows_ppo, "finished"),
+    }
+    if task is not None:
+        g_sft = torch.tensor([r["gold"] for r in rows_sft]).view(len(prompts), -1).mean(1)
+        g_ppo = torch.tensor([r["gold"] for r in rows_ppo]).view(len(prompts), -1).mean(1)
+        diff = g_ppo - g_sft
+        wins = sum(
+            (a > b) + 0.5 * (a == b)
+            for a, b in zip((r["gold"] for r in rows_ppo), (r["gold"] for r in rows_sft))
+        )
+        summary.update(
+            {
+                "gold_sft": float(g_sft.mean()),
+                "gold_ppo": float(g_ppo.mean()),
+                "gold_diff": float(diff.mean()),
+                "gold_diff_ci95": bootstrap_ci(diff, cfg.bootstrap, cfg.seed),
+                "gold_win_rate": float(wins) / len(rows_ppo),
+            }
+        )
+    train_summary = Path(cfg.policy) / "summary.json"
+    if train_summary.exists():
+        t = json.loads(train_summary.read_text())
+        summary["kl_train"] = {k: t.get(f"kl_{k}") for k in ("initial", "final", "max")}
+    summary["samples"] = [
+        {
+            "prompt": a["prompt"],
+            "sft": a["response"],
+            "ppo": b["response"],
+            "gold_sft": a["gold"],
+            "gold_ppo": b["gold"],
+        }
+        for a, b in zip(rows_sft[:: cfg.samples_per_prompt][:12], rows_ppo[:: cfg.samples_per_prompt][:12])
+    ]
+    write_json(out / "summary.json", summary)
+    say(format_table(summary))
+    print(f"outputs: {out}/summary.json")
+    return summary
+
+
+def format_table(s: dict) -> str:
+    lines = [f"{'':<18}{'SFT':>10}{'PPO':>10}"]
+    for name, a, b, fmt in [
+        ("gold score", s.get("gold_sft"), s.get("gold_ppo"), "+.3f"),
+        ("proxy reward", s["proxy_sft"], s["proxy_ppo"], "+.3f"),
+        ("mean length", s["length_sft"], s["length_ppo"], ".1f"),
+        ("EOS rate", s["eos_rate_sft"], s["eos_rate_ppo"], ".2f"),
+    ]:
+        if a is not None:
+            lines.append(f"{name:<18}{a:>10{fmt}}{b:>10{fmt}}")
+    if "gold_diff_ci95" in s:
+        lo, hi = s["gold_diff_ci95"]
+        lines.append(
+            f"gold PPO-SFT      {s['gold_diff']:+.3f}  95% CI [{lo:+.3f}, {hi:+.3f}]  win rate {s['gold_win_rate']:.2f}"
+        )
+    lines.append(f"KL(PPO || SFT)    {s['kl_ppo']:.3f} nats per response")
+    return "\n".join(lines)

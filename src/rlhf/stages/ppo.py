@@ -1,0 +1,411 @@
+"""Stage 3: PPO against a frozen reward model, with a per-token KL penalty to the frozen SFT reference.
+
+train_ppo(cfg) reads top to bottom. The numbered details [Dn] match docs/ppo_details.md:
+
+  1 set-up -> 2 models (policy, reference, value, reward; dropout off) -> 3 prompts -> 4 optimizer + KL controller
+  -> 5 resume -> for each update: 6 rollout -> 7 log-probs + values -> 8 scores -> 9 per-token rewards
+  -> 10 GAE + whitening -> 11 PPO epochs x minibatches -> 12 metrics + checkpoint; then 13 save.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from rlhf.checkpoint import write_json
+from rlhf.config import PPOConfig
+from rlhf.data.collate import encode_prompt, pad
+from rlhf.data.loader import ColumnKeys, load_prompts
+from rlhf.errors import UserError
+from rlhf.generation import sample
+from rlhf.metrics import MetricsWriter
+from rlhf.models.build import disable_dropout, load_policy, load_scalar, save_checkpoint
+from rlhf.models.heads import ScalarModel, last_token_index, scalar_head
+from rlhf.rl import (
+    AdaptiveKLController,
+    FixedKLController,
+    approx_kl,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    kl_penalty,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from rlhf.stages.common import (
+    clip_grads,
+    config_dict,
+    lr_factor,
+    make_optimizer,
+    progress,
+    restore_training_state,
+    save_training_state,
+    say,
+    set_lr,
+    setup_run,
+)
+from rlhf.tasks import get_task
+
+
+@dataclass
+class Batch:
+    """One rollout batch, everything PPO needs, (B, ...) tensors. P = prompt columns, N = response columns."""
+
+    ids: torch.Tensor  # (B, T) prompt + response, right-padded
+    mask: torch.Tensor  # (B, T) real tokens
+    resp_pos: torch.Tensor  # (B, N) column of each response token in `ids`
+    response_mask: torch.Tensor  # (B, N)
+    logprobs: torch.Tensor  # (B, N) policy at sampling time
+    ref_logprobs: torch.Tensor  # (B, N)
+    values: torch.Tensor  # (B, N)
+    advantages: torch.Tensor  # (B, N)
+    returns: torch.Tensor  # (B, N)
+
+
+class PolicyValue(nn.Module):
+    """Policy and value model behind one call, so the update never asks which layout is in use.
+
+    'separate': value model = its own trunk + head (initialised from the reward model).
+    'shared': one trunk, the LM head and a value head on the same hidden states - one fused forward.
+    """
+
+    def __init__(self, policy: nn.Module, value: ScalarModel | None):
+        super().__init__()
+        self.policy = policy
+        self.value = value
+        if value is None:
+            self.value_head = scalar_head(policy.hidden_size)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, T, V), values (B, T))."""
+        if self.value is not None:
+            return self.policy(ids, mask), self.value(ids, mask)
+        h = self.policy.hidden(ids, mask)
+        return self.policy.lm_head(h), self.value_head(h).squeeze(-1)
+
+
+def right_align(
+    p_ids: torch.Tensor, p_mask: torch.Tensor, r_ids: torch.Tensor, r_mask: torch.Tensor, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Re-pack left-padded prompt + response rows as right-padded sequences (ids, mask (B, T), resp_pos (B, N)).
+
+    Generation needs left padding (every row's next token in one column); training forwards are faster right-
+    padded (no attention mask: the causal kernel, positions from 0). resp_pos[b, j] is the column of response
+    token j in row b. Trailing all-pad columns are trimmed.
+    """
+    B, P = p_ids.shape
+    N = r_ids.size(1)
+    n_prompt = p_mask.long().sum(1)  # (B,)
+    full, full_mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask.bool(), r_mask.bool()], 1)
+    cols = torch.arange(P + N).unsqueeze(0) + (P - n_prompt).unsqueeze(1)  # (B, P+N) source column per target
+    inside = cols < P + N
+    cols = cols.clamp(max=P + N - 1)
+    ids = full.gather(1, cols).masked_fill(~inside, pad_id)
+    mask = full_mask.gather(1, cols) & inside
+    width = int(mask.long().sum(1).max())
+    resp_pos = n_prompt.unsqueeze(1) + torch.arange(N).unsqueeze(0)  # (B, N)
+    return ids[:, :width], mask[:, :width], resp_pos
+
+
+def at_response(x: torch.Tensor, resp_pos: torch.Tensor) -> torch.Tensor:
+    """x (B, T, ...) read at the positions that predict each response token, resp_pos - 1 -> (B, N, ...)."""
+    idx = (resp_pos - 1).clamp(0, x.size(1) - 1)
+    if x.dim() == 3:
+        idx = idx.unsqueeze(-1).expand(-1, -1, x.size(-1))
+    return x.gather(1, idx)
+
+
+def response_logprobs(logits: torch.Tensor, ids: torch.Tensor, resp_pos: torch.Tensor, temperature: float):
+    """Log-probs (B, N) of the response tokens, read from the logits one position earlier, at temperature T [D4]."""
+    targets = ids.gather(1, resp_pos.clamp(max=ids.size(1) - 1))
+    return logprobs_from_logits(at_response(logits, resp_pos), targets, temperature)
+
+
+def load_prompt_pool(cfg: PPOConfig) -> tuple[list[str], object]:
+    task = get_task(
+        cfg.task.name, seed=cfg.seed, label_noise=cfg.task.label_noise, length_bias=cfg.task.length_bias
+    )
+    if cfg.prompts is None:
+        return task.prompts(cfg.task.n_train, split="train"), task
+    k = cfg.keys
+    keys = ColumnKeys(k.prompt_key, k.chosen_key, k.rejected_key, k.response_key, k.margin_key)
+    return load_prompts(cfg.prompts, keys), None
+
+
+def score_responses(
+    reward_model: ScalarModel, ids: torch.Tensor, mask: torch.Tensor, norm: dict | None, clip: float
+) -> torch.Tensor:
+    """Reward-model score at the last real token of prompt+response [D6], optionally normalised and clipped [D7]."""
+    with torch.inference_mode():
+        s = reward_model.score(ids, mask).float()
+    if norm is not None:
+        s = (s - norm["mean"]) / max(norm["std"], 1e-6)
+    return s.clamp(-clip, clip) if clip > 0 else s
+
+
+def per_token_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, response_mask: torch.Tensor, kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """r_t = -beta*kl_t on every response token, plus the sequence score on its last real token [D9].
+
+    Returns (rewards (B, N), non_score_reward (B, N)). Padding positions are 0.
+    """
+    non_score = -kl_coef * kl * response_mask
+    rewards = non_score.clone()
+    last = last_token_index(response_mask)  # (B,) the EOS, or the last token when there is none
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards, non_score
+
+
+def train_ppo(cfg: PPOConfig) -> dict:
+    # 1. Set-up.
+    out = setup_run(cfg)
+    t_start = time.time()
+
+    # 2. Models [D3]: policy from SFT, a frozen reference copy, a frozen reward model, a value model from the reward
+    #    model ('separate') or a head on the policy trunk ('shared'). Dropout off everywhere [D2].
+    policy, tok, sft_cfg = load_policy(cfg.sft)
+    ref, _, _ = load_policy(cfg.sft)
+    reward_model, rm_tok, rm_cfg = load_scalar(cfg.reward)
+    if cfg.reward_fn == "model" and type(rm_tok) is not type(tok):
+        raise UserError(
+            f"{cfg.reward}: the reward model's tokenizer differs from the policy's ({cfg.sft}); "
+            "train the reward model with --init from the SFT checkpoint"
+        )
+    value = None
+    if cfg.value_model == "separate":
+        value, _, _ = load_scalar(cfg.reward)
+    model = PolicyValue(policy, value)
+    for m in (model, ref, reward_model):
+        disable_dropout(m)
+    ref.eval().requires_grad_(False)
+    reward_model.eval().requires_grad_(False)
+    norm = rm_cfg.get("reward_norm") if cfg.normalize_reward else None
+
+    # 3. Prompts: a pool reshuffled every pass [D12].
+    pool, task = load_prompt_pool(cfg)
+    enc_prompts = [encode_prompt(tok, p, cfg.max_prompt_length) for p in pool]
+    n_prompt_truncated = sum(t for _, t in enc_prompts)
+    n_updates = max(1, cfg.episodes // cfg.rollout_batch)
+    assert cfg.rollout_batch % cfg.mini_batches == 0, "--rollout-batch must be divisible by --mini-batches"
+    say(
+        f"ppo: {len(pool)} prompts ({n_prompt_truncated} truncated), {n_updates} updates x {cfg.rollout_batch} episodes"
+    )
+
+    def prompt_batch(update: int) -> list[int]:
+        """Prompt indices for an update: pass k over the pool is a permutation seeded by (seed, k)."""
+        start = update * cfg.rollout_batch
+        idx = []
+        while len(idx) < cfg.rollout_batch:
+            k, pos = divmod(start + len(idx), len(pool))
+            perm = torch.randperm(
+                len(pool), generator=torch.Generator().manual_seed(cfg.seed * 7919 + k)
+            ).tolist()
+            idx += perm[pos : pos + cfg.rollout_batch - len(idx)]
+        return idx
+
+    # 4. Optimizer over policy + value; KL controller [D10].
+    opt = make_optimizer(model, cfg.optim)
+    kl_ctl = (
+        AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        if cfg.kl_target > 0
+        else FixedKLController(cfg.kl_coef)
+    )
+
+    # 5. Resume: weights, optimizer, KL controller, RNG states; the update index fixes the data position.
+    update = 0
+    restored = (
+        restore_training_state(out, {"policy_value": model}, {"policy_value": opt}) if cfg.resume else None
+    )
+    if restored is not None:
+        update, extra = restored
+        kl_ctl.load_state_dict(extra["kl_ctl"])
+        say(f"ppo: resumed at update {update}")
+    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=update if restored is not None else None)
+
+    bar = progress(n_updates, "ppo", cfg.progress, initial=update)
+    timing = {"generation": 0.0, "scoring": 0.0, "update": 0.0}
+    kl_history = []
+    while update < n_updates:
+        t0 = time.time()
+        lr = cfg.optim.lr * lr_factor(update, n_updates, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
+        set_lr(opt, lr)
+        idx = prompt_batch(update)
+        prompts = [pool[i] for i in idx]
+        p_ids, p_mask = pad([enc_prompts[i][0] for i in idx], tok.pad_id, side="left")
+
+        # 6. Rollout [D1]: sample with the KV cache at temperature T; fixed token budget, pad after the first EOS.
+        model.eval()
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + update)
+        roll = sample(
+            policy, p_ids, p_mask, cfg.response_length, tok.eos_id, tok.pad_id, cfg.temperature, generator=gen
+        )
+        r_mask = roll.response_mask
+        ids, mask, resp_pos = right_align(p_ids, p_mask, roll.response_ids, r_mask, tok.pad_id)
+        t1 = time.time()
+
+        # 7. Log-probs of policy and reference recomputed at the sampling temperature [D4], values [D3].
+        with torch.inference_mode():
+            logits, values_all = model(ids, mask)
+            logprobs = response_logprobs(logits, ids, resp_pos, cfg.temperature)
+            ref_logprobs = response_logprobs(ref(ids, mask), ids, resp_pos, cfg.temperature)
+            values = at_response(values_all, resp_pos).float()
+            entropy = entropy_from_logits(at_response(logits, resp_pos), cfg.temperature)
+        del logits, values_all
+
+        # 8. Scores: reward model at the last real token [D6], normalised and clipped [D7]; missing-EOS penalty [D8].
+        texts = [tok.decode(row[m].tolist()) for row, m in zip(roll.response_ids, r_mask)]
+        if cfg.reward_fn == "length":
+            scores = torch.tensor([len(t) / 100 for t in texts])
+        else:
+            scores = score_responses(reward_model, ids, mask, norm, cfg.reward_clip)
+        raw_scores = scores.clone()
+        scores = scores - cfg.missing_eos_penalty * (~roll.finished).float()
+        gold = [task.score(p, t, bool(f)) for p, t, f in zip(prompts, texts, roll.finished)] if task else []
+        t2 = time.time()
+
+        # 9. Per-token rewards: -beta*kl_t (estimator of choice) [D5] + the score on the last token [D9].
+        kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * r_mask
+        rewards, non_score = per_token_rewards(scores, kl, r_mask, kl_ctl.value)
+        if cfg.whiten_rewards:
+            rewards = masked_whiten(rewards, r_mask, shift_mean=False)
+
+        # 10. GAE(gamma, lambda) [D11], advantages whitened over the batch's real tokens [D13].
+        advantages, returns = gae(rewards, values, r_mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, r_mask)
+        batch = Batch(ids, mask, resp_pos, r_mask, logprobs, ref_logprobs, values, advantages, returns)
+
+        # 11. PPO epochs x minibatches [D14]: clipped surrogate [D15], clipped value loss [D16], entropy bonus.
+        model.train()
+        stats = ppo_update(model, opt, batch, cfg, update)
+        t3 = time.time()
+
+        # 12. KL controller, metrics, resume checkpoint.
+        mean_kl = float(kl.sum(1).mean())
+        kl_history.append(mean_kl)
+        kl_ctl.update(mean_kl, cfg.rollout_batch)
+        update += 1
+        timing["generation"] += t1 - t0
+        timing["scoring"] += t2 - t1
+        timing["update"] += t3 - t2
+        if update % cfg.log_every == 0 or update == n_updates:
+            row = {
+                "episode": update * cfg.rollout_batch,
+                "objective/kl": mean_kl,
+                "objective/kl_coef": float(kl_ctl.value),
+                "objective/entropy": float((-logprobs * r_mask).sum(1).mean()),
+                "policy/entropy_avg": float(masked_mean(entropy, r_mask)),
+                "objective/scores": float(raw_scores.mean()),
+                "objective/non_score_reward": float(non_score.sum(1).mean()),
+                "objective/rlhf_reward": float(scores.mean() + non_score.sum(1).mean()),
+                "val/num_eos_tokens": int(roll.finished.sum()),
+                "completions/mean_length": float(r_mask.sum(1).float().mean()),
+                "lr": lr,
+                "eps": cfg.rollout_batch / (t3 - t0),
+                **stats,
+                "time/generation": t1 - t0,
+                "time/scoring": t2 - t1,
+                "time/update": t3 - t2,
+            }
+            row["val/explained_variance"] = float(explained_variance(values, returns, r_mask))
+            if gold:
+                row["gold/score"] = sum(gold) / len(gold)
+            metrics.log(update, **row)
+            bar.set_postfix(
+                kl=f"{mean_kl:.2f}",
+                score=f"{row['objective/scores']:.2f}",
+                gold=f"{row.get('gold/score', float('nan')):.2f}",
+            )
+        bar.update(1)
+        if cfg.save_every and update % cfg.save_every == 0 and update < n_updates:
+            save_training_state(
+                out, update, {"policy_value": model}, {"policy_value": opt}, {"kl_ctl": kl_ctl.state_dict()}
+            )
+    bar.close()
+    metrics.close()
+    seconds = time.time() - t_start
+
+    # 13. Save the policy (a normal policy checkpoint: `rlhf sample`, `rlhf compare` and PPO again can read it).
+    config = {
+        **sft_cfg,
+        "stage": "ppo",
+        "parent": str(cfg.sft),
+        "reward": str(cfg.reward),
+        "step": update,
+        "run_config": config_dict(cfg),
+    }
+    config.pop("rlhf_version", None)
+    save_checkpoint(out, policy, config)
+    total = sum(timing.values()) or 1.0
+    summary = {
+        "updates": update,
+        "episodes": update * cfg.rollout_batch,
+        "seconds": round(seconds, 2),
+        "kl_initial": kl_history[0] if kl_history else None,
+        "kl_final": kl_history[-1] if kl_history else None,
+        "kl_max": max(kl_history) if kl_history else None,
+        "time_share": {k: round(v / total, 3) for k, v in timing.items()},
+        "n_prompts": len(pool),
+        "n_prompt_truncated": n_prompt_truncated,
+    }
+    write_json(out / "summary.json", summary)
+    say(
+        f"ppo: {update} updates in {seconds:.1f}s | KL {summary['kl_final']:.3f} | time share {summary['time_share']}"
+    )
+    print(f"outputs: {out}/")
+    return summary
+
+
+def ppo_update(model: PolicyValue, opt: torch.optim.Optimizer, b: Batch, cfg: PPOConfig, update: int) -> dict:
+    """K epochs over the rollout in M shuffled minibatches (each split into grad_accum micro-batches)."""
+    B = b.ids.size(0)
+    mb = B // cfg.mini_batches
+    micro = max(1, mb // cfg.optim.grad_accum)
+    acc = {k: [] for k in ("pg", "vf", "pg_clip", "vf_clip", "approxkl", "ratio")}
+    for epoch in range(cfg.ppo_epochs):
+        perm = torch.randperm(
+            B, generator=torch.Generator().manual_seed(cfg.seed * 31 + update * 1009 + epoch)
+        )
+        for start in range(0, B, mb):
+            mb_idx = perm[start : start + mb]
+            for ms in range(0, len(mb_idx), micro):
+                i = mb_idx[ms : ms + micro]
+                m = b.response_mask[i]
+                logits, values_all = model(b.ids[i], b.mask[i])
+                logprobs = response_logprobs(logits, b.ids[i], b.resp_pos[i], cfg.temperature)
+                values = at_response(values_all, b.resp_pos[i]).float()
+                pg_loss, pg_clip = ppo_policy_loss(logprobs, b.logprobs[i], b.advantages[i], m, cfg.cliprange)
+                vf_loss, vf_clip = ppo_value_loss(values, b.values[i], b.returns[i], m, cfg.cliprange_value)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                if cfg.entropy_coef > 0:
+                    entropy = entropy_from_logits(at_response(logits, b.resp_pos[i]), cfg.temperature)
+                    loss = loss - cfg.entropy_coef * masked_mean(entropy, m)
+                (loss * len(i) / len(mb_idx)).backward()
+                with torch.no_grad():
+                    acc["pg"].append(float(pg_loss))
+                    acc["vf"].append(float(vf_loss))
+                    acc["pg_clip"].append(float(pg_clip))
+                    acc["vf_clip"].append(float(vf_clip))
+                    acc["approxkl"].append(float(approx_kl(logprobs, b.logprobs[i], m)))
+                    acc["ratio"].append(float(masked_mean(torch.exp(logprobs - b.logprobs[i]), m)))
+            clip_grads(model, cfg.optim.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    def avg(k):
+        return sum(acc[k]) / len(acc[k])
+
+    return {
+        "policy/approxkl_avg": avg("approxkl"),
+        "policy/clipfrac_avg": avg("pg_clip"),
+        "loss/policy_avg": avg("pg"),
+        "loss/value_avg": avg("vf"),
+        "val/clipfrac_avg": avg("vf_clip"),
+        "val/ratio": avg("ratio"),
+    }
