@@ -277,6 +277,8 @@ class PPOConfig(RunConfig):
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=3e-5, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0)
     )
+    value_lr_mult: float = 10.0
+    """The value model's learning rate as a multiple of the policy's (OpenRLHF's defaults are 9x)."""
     kl_coef: float = 0.05
     """Initial beta of the per-token KL penalty -beta*kl_t."""
     kl_target: float = 0.0

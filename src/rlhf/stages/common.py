@@ -60,18 +60,27 @@ def json_ready(obj):
     return obj
 
 
-def make_optimizer(model: nn.Module, cfg: OptimConfig, lr: float | None = None) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (biases, LayerNorms and embeddings are not decayed, as in GPT-2)."""
-    decay, no_decay = [], []
+def make_optimizer(
+    model: nn.Module, cfg: OptimConfig, lr_mult: dict[str, float] | None = None
+) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (biases, LayerNorms and embeddings are not decayed, as in GPT-2).
+
+    `lr_mult` maps a parameter-name prefix to a learning-rate multiplier (PPO: the value model learns faster).
+    """
+    lr_mult = lr_mult or {}
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 and "wte" not in name and "wpe" not in name else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = p.dim() >= 2 and "wte" not in name and "wpe" not in name
+        mult = next((m for prefix, m in lr_mult.items() if name.startswith(prefix)), 1.0)
+        groups.setdefault((decay, mult), []).append(p)
+    param_groups = [
+        {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr_mult": mult}
+        for (decay, mult), ps in groups.items()
+    ]
     # foreach=False keeps the update bit-identical between a straight and a resumed run.
-    return torch.optim.AdamW(
-        groups, lr=lr if lr is not None else cfg.lr, betas=tuple(cfg.betas), foreach=False
-    )
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=False)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -84,7 +93,7 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_mult", 1.0)
 
 
 def clip_grads(model: nn.Module, max_norm: float) -> float:

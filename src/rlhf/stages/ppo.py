@@ -211,7 +211,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
         return idx
 
     # 4. Optimizer over policy + value; KL controller [D10].
-    opt = make_optimizer(model, cfg.optim)
+    opt = make_optimizer(model, cfg.optim, {"value": cfg.value_lr_mult, "value_head": cfg.value_lr_mult})
     kl_ctl = (
         AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         if cfg.kl_target > 0

@@ -4,14 +4,18 @@ Both the generator (`instruct.py`) and the gold judge (`judge.py`) read these ta
 everything it needs from the prompt text alone (`parse_prompt`), so it can grade any response a policy
 writes without hidden state.
 
-The families are chosen for a ~1M-parameter byte-level model trained for about a minute of CPU: most
-answers can be copied or computed from the prompt, so they generalise to prompts never seen in training.
+The families suit a ~1M-parameter byte-level model trained for about a minute of CPU. Four compute their
+answer from the prompt, so they generalise to inputs never seen in training; their prompts have a fixed
+layout (one template, inputs of fixed length), so the answer sits at the same byte positions every time:
 
-- echo: "Q: Repeat the word: lantern" -> "lantern" (copy a word);
-- upper: "Q: Uppercase: lantern" -> "LANTERN" (copy a word, changing its case);
-- compare: "Q: Which is larger, 3 or 8?" -> "8" (pick the larger of two digits);
-- successor: "Q: What comes after 47?" -> "48" (add one to a number below 99);
-- capital: "Q: What is the capital of France?" -> "Paris" (a small memorised table);
+- echo: "Q: Copy the word: jam" -> "jam" (copy a three-letter word);
+- upper: "Q: Spell in caps: jam" -> "JAM" (copy it in capitals);
+- compare: "Q: Which is larger, 3 or 8?" -> "8" (the larger of two digits);
+- successor: "Q: What comes after 47?" -> "48" (a two-digit number not ending in 9, plus one).
+
+Two are small memorised tables, asked with two templates each:
+
+- capital: "Q: What is the capital of France?" -> "Paris";
 - items: "Q: Name 3 colors." -> "red, blue, green" (any n distinct members of a small category).
 """
 
@@ -23,17 +27,16 @@ from functools import lru_cache
 
 FAMILIES = ("echo", "upper", "compare", "successor", "capital", "items")
 
-# Two surface forms per family: enough variety to avoid a single string per question, few enough to learn.
 TEMPLATES = {
-    "echo": ("Q: Repeat the word: {word}\nA:", "Q: Say the word {word}.\nA:"),
-    "upper": ("Q: Uppercase: {word}\nA:", "Q: Write {word} in caps.\nA:"),
-    "compare": ("Q: Which is larger, {a} or {b}?\nA:", "Q: Which is bigger: {a} or {b}?\nA:"),
-    "successor": ("Q: What comes after {n}?\nA:", "Q: What number follows {n}?\nA:"),
+    "echo": ("Q: Copy the word: {word}\nA:",),
+    "upper": ("Q: Spell in caps: {word}\nA:",),
+    "compare": ("Q: Which is larger, {a} or {b}?\nA:",),
+    "successor": ("Q: What comes after {n}?\nA:",),
     "capital": ("Q: What is the capital of {country}?\nA:", "Q: Name the capital of {country}.\nA:"),
     "items": ("Q: Name {n} {category}.\nA:", "Q: List {n} {category}.\nA:"),
 }
 DIGITS = tuple(range(10))  # compare: two distinct digits
-NUMBERS = tuple(range(99))  # successor: the answer stays below 100
+NUMBERS = tuple(n for n in range(10, 99) if n % 10 != 9)  # successor: two digits, no carry
 ITEM_COUNTS = (2, 3, 4)
 
 # Single-word capitals only, so one token identifies one capital and none is also a country's name.
@@ -55,38 +58,29 @@ CAPITALS = {
 CATEGORIES = {
     "colors": ("red", "blue", "green", "yellow", "black", "white", "pink"),
     "fruits": ("apple", "banana", "cherry", "grape", "lemon", "mango", "pear"),
-    "animals": ("cat", "dog", "horse", "cow", "lion", "bear", "fox"),
+    "animals": ("cat", "dog", "horse", "cow", "lion", "bear", "wolf"),
     "days": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
     "shapes": ("circle", "square", "triangle", "oval", "star", "heart"),
 }
 
-# Words to echo or uppercase: lowercase nouns of 3-7 letters, none a capital, a category member or a word
-# of the response templates and judge phrases ("sure", "answer", "think", ...), so a response mentions a
-# listed word only when it answers with it.
+# Words to echo or spell in caps: three-letter lowercase nouns, none a category member or a word of the
+# response templates and judge phrases ("sure", "not", ...), so a response mentions a listed word only
+# when it answers with it.
 WORDS = tuple(
     """
-    anchor apron arrow badge bagel banjo barrel basket beach berry bison blanket bottle bread brick bridge
-    broom brush bucket butter button cabin cable cactus camel camera canal candle canoe carpet carrot castle
-    chair chalk cheese clock cloud coast cobra comet cookie copper coral cotton couch crayon crown daisy desk
-    dolphin donkey dragon drum eagle engine fabric falcon feather fence fern flute forest fork fossil frog
-    garden gecko ghost giant ginger glove goat goose grass guitar hammer harbor hawk helmet hill honey horn
-    hotel igloo ink jacket jar jelly jewel jungle kayak kettle key kite kitten knife koala ladder lake lamp
-    lantern leaf lily lizard llama magnet map maple marble mask meadow melon metal mint mirror monkey moose
-    moth motor mouse mud needle nest net noodle nut oak oar olive onion orbit otter owl oyster paddle palace
-    pan panda paper parrot pearl pen pencil pepper piano pie pig pillow pilot pine pipe planet plate pocket
-    pond pony pot potato puzzle quilt rabbit radio rain raven reef ring river road robot rocket rope rose
-    ruby rug saddle sail salad salt sand sandal scarf seal seed shadow shark sheep shell ship shoe silk
-    silver singer skate sled snail snake sock sofa soup spider spoon statue stone storm straw sugar summer
-    sunset swan sword table tent tiger toast tomato towel tower toy train tree truck tulip turtle valley van
-    vase velvet violin wagon walnut wax whale wheat wheel window winter wizard wolf wool yak yarn yogurt
-    zebra
+    ant arm ash axe bag bat bay bed bee bin bow box bud bun bus cab can cap car cod cot cub cup dam den dew
+    dot ear eel egg elf elk emu eye fan fig fin fly fog fur gap gas gem gum gym hat hay hen hip hog hop hub
+    hut ice ink ivy jam jar jaw jet jog jug key kid kit lab lad lap law leg lid lip log map mat mix mob mop
+    mud mug nap net nib nut oak oar oil orb ore owl pad pan paw pea peg pen pet pie pig pin pit pod pot pub
+    pun pup rag ram rat ray rib rim rod rug rum rye saw sea sip sob sun tab tag tap tar tea tie tin tip toe
+    ton toy tub tux urn van vat vet vow wax web wig wok yak yam yap yew zip zoo
     """.split()
 )
 
-_ECHO_RE = re.compile(r"Q: (?:Repeat the word: ([a-z]+)|Say the word ([a-z]+)\.)\s*A:")
-_UPPER_RE = re.compile(r"Q: (?:Uppercase: ([a-z]+)|Write ([a-z]+) in caps\.)\s*A:")
-_COMPARE_RE = re.compile(r"Q: Which is (?:larger,|bigger:) (\d) or (\d)\?\s*A:")
-_SUCCESSOR_RE = re.compile(r"Q: (?:What comes after|What number follows) (\d{1,2})\?\s*A:")
+_ECHO_RE = re.compile(r"Q: Copy the word: ([a-z]+)\s*A:")
+_UPPER_RE = re.compile(r"Q: Spell in caps: ([a-z]+)\s*A:")
+_COMPARE_RE = re.compile(r"Q: Which is larger, (\d) or (\d)\?\s*A:")
+_SUCCESSOR_RE = re.compile(r"Q: What comes after (\d\d)\?\s*A:")
 _CAPITAL_RE = re.compile(r"Q: (?:What is|Name) the capital of ([A-Za-z]+)[?.]\s*A:")
 _ITEMS_RE = re.compile(r"Q: (?:Name|List) (\d) ([a-z ]+)\.\s*A:")
 _WORD_SET = frozenset(WORDS)
@@ -122,13 +116,13 @@ def parse_prompt(prompt: str) -> Spec:
 
 @lru_cache(maxsize=4096)  # prompts repeat across a run; parsing each once keeps the judge fast
 def _parse(prompt: str) -> Spec | None:
-    if (m := _ECHO_RE.fullmatch(prompt)) and (word := m[1] or m[2]) in _WORD_SET:
-        return Spec("echo", word)
-    if (m := _UPPER_RE.fullmatch(prompt)) and (word := m[1] or m[2]) in _WORD_SET:
-        return Spec("upper", word)
+    if (m := _ECHO_RE.fullmatch(prompt)) and m[1] in _WORD_SET:
+        return Spec("echo", m[1])
+    if (m := _UPPER_RE.fullmatch(prompt)) and m[1] in _WORD_SET:
+        return Spec("upper", m[1])
     if (m := _COMPARE_RE.fullmatch(prompt)) and m[1] != m[2]:
         return Spec("compare", max(m[1], m[2]), int(min(m[1], m[2])))
-    if (m := _SUCCESSOR_RE.fullmatch(prompt)) and str(int(m[1])) == m[1] and int(m[1]) in NUMBERS:
+    if (m := _SUCCESSOR_RE.fullmatch(prompt)) and int(m[1]) in NUMBERS:
         return Spec("successor", str(int(m[1]) + 1))
     if (m := _CAPITAL_RE.fullmatch(prompt)) and m[1] in CAPITALS:
         return Spec("capital", CAPITALS[m[1]])
@@ -138,7 +132,7 @@ def _parse(prompt: str) -> Spec | None:
 
 
 def answer_text(spec: Spec) -> str:
-    """The bare answer as it should be written: "lantern", "LANTERN", "8", "Paris"; items: the first n."""
+    """The bare answer as it should be written: "jam", "JAM", "8", "48", "Paris"; items: the first n."""
     if spec.family == "upper":
         return spec.key.upper()
     if spec.family == "items":
