@@ -56,7 +56,11 @@ def build_backbone(spec: dict) -> nn.Module:
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """Strict load that tolerates only tied weights stored once (safetensors keeps one name per storage)."""
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch: config.json and the weights disagree
+        first = str(e).strip().splitlines()[-1].strip()
+        raise UserError(f"{source}: weights do not fit the model in config.json ({first})") from None
     tied = {n for n, p in model.named_parameters(remove_duplicate=False)} - {
         n for n, _ in model.named_parameters()
     }
@@ -68,9 +72,16 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | P
         )
 
 
+def _check_keys(config: dict, directory: str | Path) -> None:
+    for key in ("backbone", "tokenizer"):
+        if key not in config:
+            raise UserError(f"{Path(directory) / 'config.json'}: missing '{key}'; re-run the stage that wrote it")
+
+
 def load_policy(directory: str | Path) -> tuple[nn.Module, Tokenizer, dict]:
     """(causal LM, tokenizer, config) from a policy checkpoint (SFT or PPO output)."""
     state, config = load_model_files(directory)
+    _check_keys(config, directory)
     if config.get("kind") != "policy":
         raise UserError(
             f"{directory}: is a {config.get('kind')!r} checkpoint, expected a policy (SFT/PPO output)"
@@ -83,6 +94,7 @@ def load_policy(directory: str | Path) -> tuple[nn.Module, Tokenizer, dict]:
 def load_scalar(directory: str | Path) -> tuple[ScalarModel, Tokenizer, dict]:
     """(scalar model, tokenizer, config) from a reward or value checkpoint."""
     state, config = load_model_files(directory)
+    _check_keys(config, directory)
     if config.get("kind") != "scalar":
         raise UserError(f"{directory}: is a {config.get('kind')!r} checkpoint, expected a reward model")
     model = ScalarModel(build_backbone(config["backbone"]), pooling=config.get("pooling", "last"))
