@@ -41,10 +41,11 @@ def rollout_eval(
 ):
     """Sample from `policy`; per sample: text, gold, proxy score, KL to `ref` (sum of k1 over tokens), length."""
     gen = torch.Generator().manual_seed(seed)
+    max_prompt = policy.cfg.block_size - cfg.response_length if hasattr(policy, "cfg") else 512
     rows = []
     for start in range(0, len(prompts), 64):
         chunk = prompts[start : start + 64]
-        p_ids, p_mask = pad([encode_prompt(tok, p, 64)[0] for p in chunk], tok.pad_id, side="left")
+        p_ids, p_mask = pad([encode_prompt(tok, p, max_prompt)[0] for p in chunk], tok.pad_id, side="left")
         r = sample(
             policy, p_ids, p_mask, cfg.response_length, tok.eos_id, tok.pad_id, cfg.temperature, generator=gen
         )
@@ -154,7 +155,7 @@ def format_table(s: dict) -> str:
         ("EOS rate", s["eos_rate_sft"], s["eos_rate_ppo"], ".2f"),
     ]:
         if a is not None:
-            lines.append(f"{name:<18}{a:>10{fmt}}{b:>10{fmt}}")
+            lines.append(f"{name:<18}{format(a, fmt):>10}{format(b, fmt):>10}")
     if "gold_diff_ci95" in s:
         lo, hi = s["gold_diff_ci95"]
         lines.append(

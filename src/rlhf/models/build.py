@@ -75,7 +75,9 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | P
 def _check_keys(config: dict, directory: str | Path) -> None:
     for key in ("backbone", "tokenizer"):
         if key not in config:
-            raise UserError(f"{Path(directory) / 'config.json'}: missing '{key}'; re-run the stage that wrote it")
+            raise UserError(
+                f"{Path(directory) / 'config.json'}: missing '{key}'; re-run the stage that wrote it"
+            )
 
 
 def load_policy(directory: str | Path) -> tuple[nn.Module, Tokenizer, dict]:

@@ -190,7 +190,13 @@ def train_ppo(cfg: PPOConfig) -> dict:
 
     # 3. Prompts: a pool reshuffled every pass [D12].
     pool, task = load_prompt_pool(cfg)
-    enc_prompts = [encode_prompt(tok, p, cfg.max_prompt_length) for p in pool]
+    block = sft_cfg["backbone"].get("arch", {}).get("block_size", cfg.max_prompt_length + cfg.response_length)
+    if cfg.response_length >= block:
+        raise UserError(
+            f"--response-length {cfg.response_length} leaves no room for a prompt in block_size {block}"
+        )
+    max_prompt = min(cfg.max_prompt_length, block - cfg.response_length)
+    enc_prompts = [encode_prompt(tok, p, max_prompt) for p in pool]
     n_prompt_truncated = sum(t for _, t in enc_prompts)
     n_updates = max(1, cfg.episodes // cfg.rollout_batch)
     assert cfg.rollout_batch % cfg.mini_batches == 0, "--rollout-batch must be divisible by --mini-batches"

@@ -68,13 +68,14 @@ def load_pair_data(cfg, split_user_file: bool) -> tuple[list[dict], list[dict], 
     if cfg.data is None:
         t = cfg.task
         task = get_task(t.name, seed=cfg.seed, label_noise=t.label_noise, length_bias=t.length_bias)
-        conv = [
-            lambda split, n: [
+
+        def pairs(split: str, n: int) -> list[dict]:
+            return [
                 {**p, "margin": None, "gold_agrees": p["gold_chosen"] > p["gold_rejected"]}
                 for p in task.preference_pairs(n, split=split)
             ]
-        ][0]
-        return conv("train", t.n_train), conv("test", t.n_eval), task
+
+        return pairs("train", t.n_train if split_user_file else 0), pairs("test", t.n_eval), task
     rows = [
         {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "margin": p.margin}
         for p in load_pairs(cfg.data, _keys(cfg.keys))
@@ -198,6 +199,8 @@ def train_reward(cfg: RewardConfig) -> dict:
 
     # 2. Data: pairs, tokenised with EOS appended; truncation counted, nothing dropped.
     model, tok, backbone = build_reward_model(cfg)
+    if backbone["type"] == "gpt":  # never longer than the (possibly --init) model can read
+        cfg.max_length = min(cfg.max_length, backbone["arch"]["block_size"])
     train_rows, eval_rows, task = load_pair_data(cfg, split_user_file=True)
     if not train_rows:
         raise UserError(
@@ -257,7 +260,7 @@ def train_reward(cfg: RewardConfig) -> dict:
             (loss * len(chunk) / n_pairs).backward()
             loss_sum += float(loss.detach()) * len(chunk)
             correct += int((rc > rr).sum())
-            margin_sum += float((rc - rr).sum())
+            margin_sum += float((rc - rr).detach().sum())
         grad_norm = clip_grads(model, cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)

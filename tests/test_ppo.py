@@ -1,0 +1,251 @@
+"""Stage 3 (PPO): right-alignment and per-token rewards by hand, a tiny end-to-end run, a frozen reference,
+exact resume (copied checkpoint and a real SIGKILL), and the variants (shared value head, adaptive KL, length reward).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhf import cli
+from rlhf.metrics import read_metrics
+from rlhf.models.build import load_policy
+from rlhf.stages.ppo import per_token_rewards, right_align
+
+PAD, BOS, EOS = 256, 257, 258
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: tiny models gain nothing from more, and on a busy CPU spinning threads crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------------ by hand
+def test_right_align_by_hand():
+    # Row 0: left-padded prompt [pad, pad, 5, 6], response [11, EOS, pad].
+    # Row 1: a full prompt [7, 8, 9, 10], response [12, 13, 14] (no EOS: the budget ran out).
+    p_ids = torch.tensor([[PAD, PAD, 5, 6], [7, 8, 9, 10]])
+    p_mask = p_ids != PAD
+    r_ids = torch.tensor([[11, EOS, PAD], [12, 13, 14]])
+    r_mask = torch.tensor([[True, True, False], [True, True, True]])
+    ids, mask, resp_pos = right_align(p_ids, p_mask, r_ids, r_mask, PAD)
+    assert ids.tolist() == [[5, 6, 11, EOS, PAD, PAD, PAD], [7, 8, 9, 10, 12, 13, 14]]
+    assert mask.tolist() == [[True] * 4 + [False] * 3, [True] * 7]
+    assert resp_pos.tolist() == [[2, 3, 4], [4, 5, 6]]
+    # Response token j of row b sits at column resp_pos[b, j].
+    for b in range(2):
+        for j in range(3):
+            if r_mask[b, j]:
+                assert ids[b, resp_pos[b, j]] == r_ids[b, j]
+    # Trailing all-pad columns are trimmed: row 0 alone is 4 wide.
+    ids0, mask0, pos0 = right_align(p_ids[:1], p_mask[:1], r_ids[:1], r_mask[:1], PAD)
+    assert ids0.tolist() == [[5, 6, 11, EOS]] and mask0.all() and pos0.tolist() == [[2, 3, 4]]
+
+
+def test_per_token_rewards_by_hand():
+    rewards, non_score = per_token_rewards(
+        torch.tensor([1.0]), torch.tensor([[0.1, 0.2, 0.3]]), torch.tensor([[1.0, 1.0, 0.0]]), 0.5
+    )
+    torch.testing.assert_close(non_score, torch.tensor([[-0.05, -0.1, 0.0]]))
+    # The score lands on the last real token (the EOS), not on the padding after it.
+    torch.testing.assert_close(rewards, torch.tensor([[-0.05, 1.0 - 0.1, 0.0]]))
+    # No EOS: the score goes on the last column; two rows at once.
+    rewards, _ = per_token_rewards(
+        torch.tensor([2.0, -1.0]),
+        torch.zeros(2, 3),
+        torch.tensor([[True, True, True], [True, False, False]]),
+        0.5,
+    )
+    assert rewards.tolist() == [[0.0, 0.0, 2.0], [-1.0, 0.0, 0.0]]
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+N_UPDATES = 12
+PPO = [
+    "--episodes", str(8 * N_UPDATES), "--rollout-batch", "8", "--mini-batches", "2", "--ppo-epochs", "2",
+    "--response-length", "8", "--task.n-train", "64", "--optim.lr", "1e-4", "--no-progress", "--threads", "1",
+]  # fmt: skip
+METRICS = [
+    "objective/kl", "objective/entropy", "objective/scores", "objective/non_score_reward",
+    "objective/rlhf_reward", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
+    "val/clipfrac_avg", "val/ratio", "val/explained_variance", "val/num_eos_tokens", "lr", "episode", "eps",
+    "gold/score", "objective/kl_coef", "completions/mean_length",
+]  # fmt: skip
+# Wall-clock metrics differ between runs; everything else must repeat exactly.
+TIMING = ("eps", "time/generation", "time/scoring", "time/update")
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _models(tiny_sft, tiny_reward) -> list[str]:
+    return ["--sft", str(tiny_sft), "--reward", str(tiny_reward)]
+
+
+def _weights_equal(a_dir, b_dir) -> None:
+    a, b = load_file(str(a_dir / "model.safetensors")), load_file(str(b_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def _deterministic(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tiny_sft, tiny_reward, tmp_path_factory):
+    sft_digest = _digest(tiny_sft / "model.safetensors")
+    out = tmp_path_factory.mktemp("ppo") / "run"
+    summary = cli.run(["ppo", *_models(tiny_sft, tiny_reward), *PPO, "--save-every", "4", "--out", str(out)])
+    return out, summary, sft_digest
+
+
+def test_ppo_run_writes_every_metric(ppo_run):
+    out, summary, _ = ppo_run
+    for name in ("model.safetensors", "config.json", "metrics.jsonl", "summary.json"):
+        assert (out / name).is_file(), name
+    assert summary["updates"] == N_UPDATES and summary["episodes"] == 8 * N_UPDATES
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, N_UPDATES + 1))
+    for r in rows:
+        for name in METRICS:
+            assert name in r, (r["step"], name)
+            assert isinstance(r[name], int | float) and math.isfinite(r[name]), (r["step"], name, r[name])
+    assert [r["episode"] for r in rows] == [8 * (i + 1) for i in range(N_UPDATES)]
+    assert all(0 <= r["val/num_eos_tokens"] <= 8 and 1 <= r["completions/mean_length"] <= 8 for r in rows)
+    assert all(r["objective/kl_coef"] == 0.05 for r in rows)  # fixed controller
+    # The policy starts as the reference: the first rollout's KL is zero (both are the SFT weights).
+    assert abs(rows[0]["objective/kl"]) < 1e-4 and abs(rows[0]["objective/non_score_reward"]) < 1e-5
+    assert (
+        summary["kl_initial"] == rows[0]["objective/kl"] and summary["kl_final"] == rows[-1]["objective/kl"]
+    )
+    # rlhf_reward = score (after the missing-EOS penalty) + non-score reward; the penalty only lowers it.
+    for r in rows:
+        penalty = 1.0 * (8 - r["val/num_eos_tokens"]) / 8
+        assert r["objective/rlhf_reward"] == pytest.approx(
+            r["objective/scores"] - penalty + r["objective/non_score_reward"], abs=1e-5
+        )
+
+
+def test_ppo_changes_policy_and_keeps_reference_frozen(ppo_run, tiny_sft):
+    out, _, sft_digest = ppo_run
+    # The SFT checkpoint (the reference) is untouched on disk ...
+    assert _digest(tiny_sft / "model.safetensors") == sft_digest
+    # ... while the policy moved away from it.
+    sft = load_file(str(tiny_sft / "model.safetensors"))
+    ppo = load_file(str(out / "model.safetensors"))
+    assert sft.keys() == ppo.keys()
+    changed = [n for n in sft if not torch.equal(sft[n], ppo[n])]
+    assert len(changed) > len(sft) // 2, changed
+    # The output is a normal policy checkpoint with the SFT architecture.
+    policy, _, config = load_policy(out)
+    assert config["kind"] == "policy" and config["stage"] == "ppo" and config["step"] == N_UPDATES
+    assert config["parent"] == str(tiny_sft)
+    # With the reference frozen, later rollouts measure a real KL to it (the policy did move).
+    rows = read_metrics(out / "metrics.jsonl")
+    assert any(abs(r["objective/kl"]) > 1e-4 for r in rows[1:])
+
+
+def test_ppo_resume_from_copied_checkpoint_is_bit_identical(ppo_run, tiny_sft, tiny_reward, tmp_path):
+    out, _, _ = ppo_run
+    resume_dir = out / "resume" / "step-0000004"
+    assert resume_dir.is_dir(), sorted(p.name for p in (out / "resume").iterdir())
+    fresh = tmp_path / "resumed"
+    shutil.copytree(resume_dir, fresh / "resume" / "step-0000004")
+    (fresh / "resume" / "latest").write_text("step-0000004\n")
+    resumed = cli.run(["ppo", *_models(tiny_sft, tiny_reward), *PPO, "--save-every", "4", "--out", str(fresh),
+                       "--resume"])  # fmt: skip
+    assert resumed["updates"] == N_UPDATES
+    _weights_equal(out, fresh)
+    after = _deterministic([r for r in read_metrics(out / "metrics.jsonl") if r["step"] > 4])
+    assert _deterministic(read_metrics(fresh / "metrics.jsonl")) == after
+
+
+def test_ppo_sigkill_then_resume_matches_straight_run(ppo_run, tiny_sft, tiny_reward, tmp_path):
+    out, _, _ = ppo_run
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "rlhf", "ppo", *_models(tiny_sft, tiny_reward), *PPO, "--save-every", "1",
+           "--out", str(killed)]  # fmt: skip
+    latest = killed / "resume" / "latest"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert latest.exists() and not (killed / "model.safetensors").exists()
+    resumed = cli.run(["ppo", *_models(tiny_sft, tiny_reward), *PPO, "--save-every", "1", "--out", str(killed),
+                       "--resume"])  # fmt: skip
+    assert resumed["updates"] == N_UPDATES
+    _weights_equal(out, killed)
+    # The log reads like the straight run's: rows past the resume point were replaced, none duplicated.
+    assert _deterministic(read_metrics(killed / "metrics.jsonl")) == _deterministic(
+        read_metrics(out / "metrics.jsonl")
+    )
+
+
+# ------------------------------------------------------------------------------------------------ variants
+SHORT = [
+    "--episodes", "16", "--rollout-batch", "8", "--mini-batches", "2", "--ppo-epochs", "1",
+    "--response-length", "8", "--task.n-train", "32", "--no-progress", "--threads", "1",
+]  # fmt: skip
+
+
+def _finite_rows(out) -> list[dict]:
+    rows = read_metrics(out / "metrics.jsonl")
+    assert rows
+    for r in rows:
+        for name in METRICS:
+            assert isinstance(r.get(name), int | float) and math.isfinite(r[name]), (name, r.get(name))
+    return rows
+
+
+def test_shared_value_head_runs(tiny_sft, tiny_reward, tmp_path):
+    out = tmp_path / "shared"
+    summary = cli.run(["ppo", *_models(tiny_sft, tiny_reward), *SHORT, "--value-model", "shared",
+                       "--out", str(out)])  # fmt: skip
+    assert summary["updates"] == 2
+    _finite_rows(out)
+    policy, _, _ = load_policy(out)  # the value head is not part of the saved policy
+    sft, _, _ = load_policy(tiny_sft)
+    assert policy.state_dict().keys() == sft.state_dict().keys()
+
+
+def test_adaptive_kl_controller_moves_beta(tiny_sft, tiny_reward, tmp_path):
+    out = tmp_path / "adaptive"
+    cli.run(["ppo", *_models(tiny_sft, tiny_reward), *SHORT, "--kl-target", "1.0", "--kl-horizon", "100",
+             "--out", str(out)])  # fmt: skip
+    rows = _finite_rows(out)
+    betas = [r["objective/kl_coef"] for r in rows]
+    # Update 1 sees KL 0 (policy == reference), far below the target: error clipped to -0.2, beta shrinks by
+    # 0.2 * 8 / 100.
+    assert rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)
+    assert betas[0] == pytest.approx(0.05 * (1 - 0.2 * 8 / 100))
+    assert betas[1] < betas[0] < 0.05
+
+
+def test_length_reward_runs(tiny_sft, tiny_reward, tmp_path):
+    out = tmp_path / "length"
+    cli.run(["ppo", *_models(tiny_sft, tiny_reward), *SHORT, "--reward-fn", "length", "--out", str(out)])
+    rows = _finite_rows(out)
+    # len(response text) / 100 with at most 8 bytes per response.
+    assert all(0.0 <= r["objective/scores"] <= 0.08 + 1e-9 for r in rows)
