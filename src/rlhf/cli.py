@@ -38,11 +38,17 @@ COMMANDS: dict[str, Command] = {
         C.CompareConfig, "rlhf.eval.compare:run_compare", "SFT vs PPO: gold, proxy, KL, samples"
     ),
     "demo": Command(C.DemoConfig, "rlhf.demo:run_demo", "The whole pipeline on the built-in task in minutes"),
+    "report": Command(
+        C.ReportConfig, "rlhf.eval.report:run_report", "One self-contained HTML report of a run"
+    ),
     "sample": Command(C.SampleConfig, "rlhf.stages.sample:run_sample", "Generate from a checkpoint"),
     "data validate": Command(
         C.DataValidateConfig, "rlhf.stages.data_validate:run_validate", "Check a data file"
     ),
 }
+
+
+POSITIONAL = {"data validate": "--file", "report": "--run-dir"}
 
 
 def _usage() -> str:
@@ -87,9 +93,9 @@ def parse(argv: list[str]):
         default = C.load_config_file(cmd.cfg, config_file, resolve=False)
     else:
         default = C.declared_defaults(cmd.cfg)
-    # Positional `FILE` for `data validate` (rlhf data validate FILE), the rest are flags.
-    if name == "data validate" and rest and not rest[0].startswith("-"):
-        rest = ["--file", rest[0], *rest[1:]]
+    # One positional argument where a command has one (`rlhf data validate FILE`, `rlhf report RUN_DIR`).
+    if name in POSITIONAL and rest and not rest[0].startswith("-"):
+        rest = [POSITIONAL[name], rest[0], *rest[1:]]
     cfg = tyro.cli(cmd.cfg, args=rest, default=default, prog=f"rlhf {name}", description=cmd.cfg.__doc__)
     return name, cfg
 

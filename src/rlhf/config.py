@@ -366,6 +366,16 @@ class DemoConfig(RunConfig):
     """Held-out prompts in the final comparison."""
 
 
+@dataclass
+class ReportConfig(RunConfig):
+    """Build one self-contained report.html from the files of a run directory (never trains or loads a model)."""
+
+    run_dir: Path = Path("runs/demo")
+    """Run directory (e.g. the one `rlhf demo` wrote); report.html and plots/ go inside it."""
+    out: Path = Path("runs/report")
+    """Directory for summary.json (the path of the report)."""
+
+
 # ------------------------------------------------------------------------------------------------ config files
 def declared_defaults(cls: type):
     """A `cls` instance holding the declared defaults *before* `__post_init__` derives anything.

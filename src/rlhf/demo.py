@@ -11,6 +11,7 @@ import time
 from rlhf.checkpoint import write_json
 from rlhf.config import CompareConfig, DemoConfig, PPOConfig, RewardConfig, SFTConfig, TaskConfig
 from rlhf.eval.compare import format_table, run_compare
+from rlhf.eval.report import build_report
 from rlhf.stages.common import say, setup_run
 from rlhf.stages.ppo import train_ppo
 from rlhf.stages.reward import train_reward
@@ -78,6 +79,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "samples": cmp["samples"],
     }
     write_json(out / "summary.json", summary)
+    report = build_report(out)
     print(format_table(summary))
     print(
         f"reward model: accuracy {rm.get('accuracy', 0):.3f}, gold agreement {rm.get('gold_agreement', 0):.3f}"
@@ -85,4 +87,5 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(
         f"total {summary['seconds']['total']:.0f}s | outputs: {out}/ (summary.json, sft/, reward/, ppo/, compare/)"
     )
+    print(f"report: {report}")
     return summary

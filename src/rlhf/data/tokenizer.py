@@ -64,10 +64,22 @@ class HFTokenizer:
         self.eos_id = int(eos)
         bos = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.cls_token_id
         self.bos_id = int(bos) if bos is not None else self.eos_id
-        # Prepend BOS only for a real, distinct BOS token (Llama-style); GPT-2's bos == eos and Qwen has none.
-        self.add_bos = self.tok.bos_token_id is not None and int(self.tok.bos_token_id) != self.eos_id
+        # Prepend BOS for a real, distinct BOS token (Llama-style; GPT-2's bos == eos and Qwen has none), and
+        # for encoders whose own template starts with [CLS] (BERT, MiniLM): they were pretrained on
+        # `[CLS] text [SEP]`, and without the [CLS] every position sees an input they never saw.
+        self.add_bos = (
+            self.tok.bos_token_id is not None and int(self.tok.bos_token_id) != self.eos_id
+        ) or self._template_starts_with(self.bos_id)
         self.pad_id = int(self.tok.pad_token_id) if self.tok.pad_token_id is not None else self.eos_id
         self.vocab_size = len(self.tok)
+
+    def _template_starts_with(self, token_id: int) -> bool:
+        """Does the tokenizer's own special-token template put `token_id` before the text?"""
+        if token_id == self.eos_id:
+            return False
+        plain = self.encode("a")
+        full = list(self.tok("a")["input_ids"])
+        return len(full) > len(plain) and full[0] == token_id and full[1 : 1 + len(plain)] == plain
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])

@@ -23,6 +23,7 @@ def _transformers():
     except ImportError:
         raise UserError("Hugging Face models need the extra: pip install -e '.[hf]'") from None
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # no 'Loading weights' bar in the middle of our own output
     return transformers
 
 

@@ -1,22 +1,20 @@
-"""The closed world of the instruct task: prompt templates, knowledge tables and prompt parsing.
+"""The closed world of the instruct task: prompt templates, word and capital tables, prompt parsing.
 
 Both the generator (`instruct.py`) and the gold judge (`judge.py`) read these tables. The judge recovers
 everything it needs from the prompt text alone (`parse_prompt`), so it can grade any response a policy
 writes without hidden state.
 
-The families suit a ~1M-parameter byte-level model trained for about a minute of CPU. Four compute their
-answer from the prompt, so they generalise to inputs never seen in training; their prompts have a fixed
-layout (one template, inputs of fixed length), so the answer sits at the same byte positions every time:
+The families suit a ~1M-parameter byte-level model trained for about a minute of CPU:
 
-- echo: "Q: Copy the word: jam" -> "jam" (copy a three-letter word);
-- upper: "Q: Spell in caps: jam" -> "JAM" (copy it in capitals);
-- compare: "Q: Which is larger, 3 or 8?" -> "8" (the larger of two digits);
-- successor: "Q: What comes after 47?" -> "48" (a two-digit number not ending in 9, plus one).
+- echo: "Q: Repeat the word: kel" -> "kel" (copy a word);
+- upper: "Q: Type it in caps: kel" -> "KEL" (copy it in capitals);
+- capital: "Q: What is the capital of France?" (or "Tell me ..." / "Give me ...") -> "Paris".
 
-Two are small memorised tables, asked with two templates each:
-
-- capital: "Q: What is the capital of France?" -> "Paris";
-- items: "Q: Name 3 colors." -> "red, blue, green" (any n distinct members of a small category).
+Echo and upper are computed from the prompt. Their words are the ~1600 consonant-vowel-consonant strings
+("kel", "jam", "dop"): too many to memorise in a minute, so the model has to learn to copy, which works
+just as well on words it never saw. Both templates are 26 bytes long with the word at bytes 20-22, so the
+word always sits at the same place. Capital is a small memorised table, asked with three templates of
+the same length, the country at the same place.
 """
 
 from __future__ import annotations
@@ -24,22 +22,29 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import product
 
-FAMILIES = ("echo", "upper", "compare", "successor", "capital", "items")
+FAMILIES = ("echo", "upper", "capital")
 
 TEMPLATES = {
-    "echo": ("Q: Copy the word: {word}\nA:",),
-    "upper": ("Q: Spell in caps: {word}\nA:",),
-    "compare": ("Q: Which is larger, {a} or {b}?\nA:",),
-    "successor": ("Q: What comes after {n}?\nA:",),
-    "capital": ("Q: What is the capital of {country}?\nA:", "Q: Name the capital of {country}.\nA:"),
-    "items": ("Q: Name {n} {category}.\nA:", "Q: List {n} {category}.\nA:"),
+    "echo": ("Q: Repeat the word: {word}\nA:",),
+    "upper": ("Q: Type it in caps: {word}\nA:",),
+    "capital": (
+        "Q: What is the capital of {country}?\nA:",
+        "Q: Tell me the capital of {country}.\nA:",
+        "Q: Give me the capital of {country}.\nA:",
+    ),
 }
-DIGITS = tuple(range(10))  # compare: two distinct digits
-NUMBERS = tuple(n for n in range(10, 99) if n % 10 != 9)  # successor: two digits, no carry
-ITEM_COUNTS = (2, 3, 4)
 
-# Single-word capitals only, so one token identifies one capital and none is also a country's name.
+_CONSONANTS, _VOWELS = "bcdfghjklmnprstvwz", "aeiou"
+# Words of the response templates ("but", "not") would read as answers, so they are left out.
+_RESERVED = frozenset({"but", "not"})
+WORDS = tuple(
+    w for w in ("".join(c) for c in product(_CONSONANTS, _VOWELS, _CONSONANTS)) if w not in _RESERVED
+)
+WORD_SET = frozenset(WORDS)
+
+# Single-word capitals, none of them three letters long, so no capital is also an echo word.
 CAPITALS = {
     "France": "Paris",
     "Japan": "Tokyo",
@@ -53,57 +58,27 @@ CAPITALS = {
     "Norway": "Oslo",
 }
 
-# Categories share no member, so every member names one category. The listed order is the canonical one
-# that demonstrations use (the judge accepts any n distinct members).
-CATEGORIES = {
-    "colors": ("red", "blue", "green", "yellow", "black", "white", "pink"),
-    "fruits": ("apple", "banana", "cherry", "grape", "lemon", "mango", "pear"),
-    "animals": ("cat", "dog", "horse", "cow", "lion", "bear", "wolf"),
-    "days": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
-    "shapes": ("circle", "square", "triangle", "oval", "star", "heart"),
-}
-
-# Words to echo or spell in caps: three-letter lowercase nouns, none a category member or a word of the
-# response templates and judge phrases ("sure", "not", ...), so a response mentions a listed word only
-# when it answers with it.
-WORDS = tuple(
-    """
-    ant arm ash axe bag bat bay bed bee bin bow box bud bun bus cab can cap car cod cot cub cup dam den dew
-    dot ear eel egg elf elk emu eye fan fig fin fly fog fur gap gas gem gum gym hat hay hen hip hog hop hub
-    hut ice ink ivy jam jar jaw jet jog jug key kid kit lab lad lap law leg lid lip log map mat mix mob mop
-    mud mug nap net nib nut oak oar oil orb ore owl pad pan paw pea peg pen pet pie pig pin pit pod pot pub
-    pun pup rag ram rat ray rib rim rod rug rum rye saw sea sip sob sun tab tag tap tar tea tie tin tip toe
-    ton toy tub tux urn van vat vet vow wax web wig wok yak yam yap yew zip zoo
-    """.split()
+_ECHO_RE = re.compile(r"Q: Repeat the word: ([a-z]+)\s*A:")
+_UPPER_RE = re.compile(r"Q: Type it in caps: ([a-z]+)\s*A:")
+_CAPITAL_RE = re.compile(
+    r"Q: (?:What is the capital of ([A-Za-z]+)\?|(?:Tell|Give) me the capital of ([A-Za-z]+)\.)\s*A:"
 )
-
-_ECHO_RE = re.compile(r"Q: Copy the word: ([a-z]+)\s*A:")
-_UPPER_RE = re.compile(r"Q: Spell in caps: ([a-z]+)\s*A:")
-_COMPARE_RE = re.compile(r"Q: Which is larger, (\d) or (\d)\?\s*A:")
-_SUCCESSOR_RE = re.compile(r"Q: What comes after (\d\d)\?\s*A:")
-_CAPITAL_RE = re.compile(r"Q: (?:What is|Name) the capital of ([A-Za-z]+)[?.]\s*A:")
-_ITEMS_RE = re.compile(r"Q: (?:Name|List) (\d) ([a-z ]+)\.\s*A:")
-_WORD_SET = frozenset(WORDS)
 
 
 @dataclass(frozen=True)
 class Spec:
     """What a prompt asks for, recovered from its text.
 
-    `key` is the expected answer (echo and upper: the word in lowercase; compare and successor: the number;
-    capital: the capital) or the category (items); `n` is the number of items asked for (items) or the
-    smaller digit (compare), else 0.
-    `ideal_len` is the byte length of the longest concise correct answer, stripped: responses up to it are
-    never "too long".
+    `key` is the word to repeat (echo and upper, in lowercase) or the capital (capital). `ideal_len` is
+    the byte length of the concise correct answer, stripped: responses up to it are never "too long".
     """
 
     family: str
     key: str
-    n: int = 0
 
     @property
     def ideal_len(self) -> int:
-        return _ideal_len(self)
+        return len(concise_answer(self).strip().encode())
 
 
 def parse_prompt(prompt: str) -> Spec:
@@ -116,40 +91,20 @@ def parse_prompt(prompt: str) -> Spec:
 
 @lru_cache(maxsize=4096)  # prompts repeat across a run; parsing each once keeps the judge fast
 def _parse(prompt: str) -> Spec | None:
-    if (m := _ECHO_RE.fullmatch(prompt)) and m[1] in _WORD_SET:
+    if (m := _ECHO_RE.fullmatch(prompt)) and m[1] in WORD_SET:
         return Spec("echo", m[1])
-    if (m := _UPPER_RE.fullmatch(prompt)) and m[1] in _WORD_SET:
+    if (m := _UPPER_RE.fullmatch(prompt)) and m[1] in WORD_SET:
         return Spec("upper", m[1])
-    if (m := _COMPARE_RE.fullmatch(prompt)) and m[1] != m[2]:
-        return Spec("compare", max(m[1], m[2]), int(min(m[1], m[2])))
-    if (m := _SUCCESSOR_RE.fullmatch(prompt)) and int(m[1]) in NUMBERS:
-        return Spec("successor", str(int(m[1]) + 1))
-    if (m := _CAPITAL_RE.fullmatch(prompt)) and m[1] in CAPITALS:
-        return Spec("capital", CAPITALS[m[1]])
-    if (m := _ITEMS_RE.fullmatch(prompt)) and m[2] in CATEGORIES and int(m[1]) in ITEM_COUNTS:
-        return Spec("items", m[2], int(m[1]))
+    if (m := _CAPITAL_RE.fullmatch(prompt)) and (country := m[1] or m[2]) in CAPITALS:
+        return Spec("capital", CAPITALS[country])
     return None
 
 
 def answer_text(spec: Spec) -> str:
-    """The bare answer as it should be written: "jam", "JAM", "8", "48", "Paris"; items: the first n."""
-    if spec.family == "upper":
-        return spec.key.upper()
-    if spec.family == "items":
-        return ", ".join(CATEGORIES[spec.key][: spec.n])
-    return spec.key
+    """The bare answer as it should be written: "kel", "KEL", "Paris"."""
+    return spec.key.upper() if spec.family == "upper" else spec.key
 
 
-def concise_answer(spec: Spec, items: tuple[str, ...] | None = None) -> str:
-    """The ideal response (leading space, final period); for items, `items` picks which members to name."""
-    if spec.family == "items" and items is not None:
-        return " " + ", ".join(items) + "."
+def concise_answer(spec: Spec) -> str:
+    """The ideal response: the bare answer with a leading space and a final period."""
     return f" {answer_text(spec)}."
-
-
-@lru_cache(maxsize=256)
-def _ideal_len(spec: Spec) -> int:
-    if spec.family == "items":
-        longest = tuple(sorted(CATEGORIES[spec.key], key=len)[-spec.n :])
-        return len(concise_answer(spec, longest).strip().encode())
-    return len(concise_answer(spec).strip().encode())

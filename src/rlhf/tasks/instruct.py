@@ -1,19 +1,18 @@
 """The built-in synthetic instruction task: prompts, mixed-quality demonstrations and preference pairs.
 
-Six prompt families (`facts.FAMILIES`: echo, upper, compare, successor, capital, items) with short
-fixed-format prompts such as "Q: Uppercase: lantern\nA:" and short answers such as " LANTERN.". Most
-answers are copied or computed from the prompt, so a tiny byte-level model can learn them in a minute of
-CPU and answer held-out prompts too. Responses come in styles (`STYLES`): concise (the ideal), padded
-(filler around the answer), hedging, wrong, repetitive and empty (bare punctuation). The gold judge
+Three prompt families (`facts.FAMILIES`: echo, upper, capital) with short fixed-format prompts such as
+"Q: Type it in caps: kel\nA:" and short answers such as " KEL.". A tiny byte-level model learns them in a
+minute of CPU and answers held-out prompts too. Responses come in styles (`STYLES`): concise (the ideal),
+padded (filler after the answer), hedging, wrong, repetitive and empty (bare punctuation). Every style
+that answers starts with the answer, so the answer always sits right after the prompt. The gold judge
 (`judge.py`) scores them; SFT data mixes styles so that an SFT model is mediocre and PPO has room to
 improve.
 
 Splits are fixed, independent of the seed, so every seed evaluates on the same held-out prompts, and no
-test prompt string occurs in training. Where the answer is computed, the test split holds out inputs:
-20% of the words (for echo and upper alike), of the unordered digit pairs (compare) and of the numbers
-(successor), under both templates. The memorised families (capital, items) hold out 20% of their prompt
-strings, at most one template per fact, so each test fact is taught under the other template.
-All sampling is deterministic given the seed.
+test prompt occurs in training. Echo and upper hold out 20% of the words (the same words for both), so a
+test word occurs in no training prompt. Capital holds out 20% of its prompt strings, at most one template
+per country, so each test question is taught under the other template. All sampling is deterministic
+given the seed.
 """
 
 from __future__ import annotations
@@ -23,33 +22,17 @@ import random
 from collections.abc import Callable
 
 from rlhf.tasks import judge
-from rlhf.tasks.facts import (
-    CAPITALS,
-    CATEGORIES,
-    DIGITS,
-    FAMILIES,
-    ITEM_COUNTS,
-    NUMBERS,
-    TEMPLATES,
-    WORDS,
-    Spec,
-    answer_text,
-    parse_prompt,
-)
+from rlhf.tasks.facts import CAPITALS, FAMILIES, TEMPLATES, WORDS, Spec, answer_text, parse_prompt
 
 STYLES = ("concise", "padded", "hedging", "wrong", "repetitive", "empty")
 DEFAULT_STYLE_MIX = {"concise": 0.35, "padded": 0.25, "hedging": 0.15, "wrong": 0.15, "repetitive": 0.10}
 SPLITS = ("train", "test")
 TEST_FRACTION = 0.2
 
-_OPENERS = ("Sure!", "Of course!", "Certainly!", "Great question!")
-_CLOSERS = ("Hope this helps!", "Happy to help!", "Glad to help!")
-# Each hedge template holds two hedging phrases, so a hedged answer costs the full hedge penalty.
-_HEDGES = (
-    "I think {x}, but I am not sure.",
-    "Maybe {x}? I am not sure.",
-    "Perhaps {x}, but I could be wrong.",
-)
+# Few, short variants that follow the answer: a tiny model learns them quickly and spends its training on
+# the answers. Each padding holds two filler phrases, each hedge two hedging phrases.
+_PADDINGS = ("{x}. Sure, hope this helps!", "{x}. Of course, glad to help!")
+_HEDGES = ("{x}, I think, but I am not sure.", "{x}? Maybe. I am not sure.")
 _JUNK = (" .", " ...", " ?", " -")  # no letter or digit: never an empty string, which data loaders may reject
 _MAX_PAIR_TRIES = 100
 
@@ -199,29 +182,16 @@ def _split_prompts(by_fact: dict[str, list[str]]) -> dict[str, list[str]]:
     return {"train": [p for p in prompts if p not in held], "test": [p for p in prompts if p in held]}
 
 
-def _fill(family: str, **fields) -> list[str]:
-    return [t.format(**fields) for t in TEMPLATES[family]]
-
-
 def _build_pools() -> dict[str, dict[str, list[str]]]:
     """split -> family -> prompt strings."""
     held_words = _holdout(list(WORDS))
-    pairs = {f"{a}{b}": (a, b) for a in DIGITS for b in DIGITS if a < b}
     by_family = {
-        "echo": _split_by({w: _fill("echo", word=w) for w in WORDS}, held_words),
-        "upper": _split_by({w: _fill("upper", word=w) for w in WORDS}, held_words),
-        "compare": _split_by(
-            {k: _fill("compare", a=a, b=b) + _fill("compare", a=b, b=a) for k, (a, b) in pairs.items()},
-            _holdout(list(pairs)),
-        ),
-        "successor": _split_by(
-            {str(n): _fill("successor", n=n) for n in NUMBERS}, _holdout([str(n) for n in NUMBERS])
-        ),
-        "capital": _split_prompts({c: _fill("capital", country=c) for c in CAPITALS}),
-        "items": _split_prompts(
-            {f"{n} {c}": _fill("items", n=n, category=c) for c in CATEGORIES for n in ITEM_COUNTS}
-        ),
+        family: _split_by({w: [t.format(word=w) for t in TEMPLATES[family]] for w in WORDS}, held_words)
+        for family in ("echo", "upper")
     }
+    by_family["capital"] = _split_prompts(
+        {c: [t.format(country=c) for t in TEMPLATES["capital"]] for c in CAPITALS}
+    )
     return {split: {f: by_family[f][split] for f in FAMILIES} for split in SPLITS}
 
 
@@ -236,50 +206,20 @@ def _sample_prompt(rng: random.Random, split: str) -> str:
 
 
 def _correct_core(spec: Spec, rng: random.Random) -> str:
-    """The bare answer: "lantern", "LANTERN", "8", "Paris", "red, blue, green" (the first n members)."""
+    """The bare answer: "kel", "KEL", "Paris"."""
     return answer_text(spec)
 
 
 def _wrong_core(spec: Spec, rng: random.Random) -> str:
     """A plausible bare answer that the judge grades wrong."""
-    if spec.family == "echo":
-        return rng.choice([w for w in WORDS if w != spec.key])
-    if spec.family == "upper":  # left in lowercase, or another word
-        return rng.choice([spec.key, rng.choice([w for w in WORDS if w != spec.key]).upper()])
-    if spec.family == "compare":  # the smaller of the two digits
-        return str(spec.n)
-    if spec.family == "successor":  # the number itself, or two more
-        return str(int(spec.key) + rng.choice([-1, 1]))
-    if spec.family == "capital":
+    if spec.family == "capital":  # another capital
         return rng.choice([c for c in CAPITALS.values() if c != spec.key])
-    return ", ".join(_wrong_items(spec, rng))
-
-
-def _wrong_items(spec: Spec, rng: random.Random) -> list[str]:
-    """One too many, one too few (when that leaves at least two), or the last one from another category."""
-    members = CATEGORIES[spec.key]
-    kinds = ["too_many", "foreign"] + (["too_few"] if spec.n > 2 else [])
-    kind = rng.choice(kinds)
-    if kind == "too_many":
-        return list(members[: spec.n + 1])
-    if kind == "too_few":
-        return list(members[: spec.n - 1])
-    other = rng.choice([c for c in CATEGORIES if c != spec.key])
-    return list(members[: spec.n - 1]) + [rng.choice(CATEGORIES[other])]
-
-
-def _sentence(spec: Spec, core: str) -> str:
-    """The answer as a full sentence, as a chatty assistant would phrase it."""
-    if spec.family == "capital":
-        return f"The capital is {core}."
-    if spec.family == "items":
-        return f"{core[0].upper()}{core[1:]}."
-    return f"The answer is {core}."
-
-
-def _embedded(spec: Spec, core: str) -> str:
-    """The answer as a clause inside a hedge: "it is 7", "red, blue"."""
-    return core if spec.family == "items" else f"it is {core}"
+    other = rng.choice(WORDS)
+    while other == spec.key:
+        other = rng.choice(WORDS)
+    if spec.family == "upper":  # left in lowercase, or another word in capitals
+        return rng.choice([spec.key, other.upper()])
+    return other  # echo: another word
 
 
 def _concise(spec: Spec, rng: random.Random) -> str:
@@ -287,11 +227,11 @@ def _concise(spec: Spec, rng: random.Random) -> str:
 
 
 def _padded(spec: Spec, rng: random.Random) -> str:
-    return f" {rng.choice(_OPENERS)} {_sentence(spec, _correct_core(spec, rng))} {rng.choice(_CLOSERS)}"
+    return " " + rng.choice(_PADDINGS).format(x=_correct_core(spec, rng))
 
 
 def _hedging(spec: Spec, rng: random.Random) -> str:
-    return " " + rng.choice(_HEDGES).format(x=_embedded(spec, _correct_core(spec, rng)))
+    return " " + rng.choice(_HEDGES).format(x=_correct_core(spec, rng))
 
 
 def _wrong(spec: Spec, rng: random.Random) -> str:
@@ -300,8 +240,7 @@ def _wrong(spec: Spec, rng: random.Random) -> str:
 
 def _repetitive(spec: Spec, rng: random.Random) -> str:
     once = f"{_correct_core(spec, rng)}."
-    times = 3 if len(once) <= 20 else 2  # keeps prompt + response under 100 bytes
-    return " " + " ".join([once] * times)
+    return " " + " ".join([once] * 3)
 
 
 def _empty(spec: Spec, rng: random.Random) -> str:

@@ -6,9 +6,8 @@ answer from the prompt text (`facts.parse_prompt`), so it grades any response, i
 Parts (`components`), computed on the response text:
 
 - `correct` (0/1): the response gives the expected answer and nothing contradicting it
-  (echo: it names the word and no other listed word; upper: the same, and every mention of the word is
-  in capitals; compare and successor: every number in it is the answer; capital: it names that capital
-  and no other; items: exactly `n` distinct members of the category and no member of another category).
+  (echo: it names the word and no other echo word; upper: the same, and every mention of the word is
+  in capitals; capital: it names that capital and no other).
 - `hedge`: 0.25 per hedging phrase ("I think", "maybe", "not sure", ...), at most 0.5.
 - `repetition`: 0.6 per repeat (a repeated mention of an answer item, or a repeated word bigram), at most 1.5.
 - `filler`: 0.15 per filler phrase ("Sure!", "Hope this helps!", ...), at most 0.45.
@@ -29,7 +28,7 @@ from __future__ import annotations
 
 import re
 
-from rlhf.tasks.facts import CAPITALS, CATEGORIES, WORDS, Spec, concise_answer, parse_prompt
+from rlhf.tasks.facts import CAPITALS, WORD_SET, Spec, concise_answer, parse_prompt
 
 WRONG_BASE = -0.5
 HEDGE_PER, HEDGE_CAP = 0.25, 0.5
@@ -52,10 +51,7 @@ _FILLER_RE = re.compile(
     r"|let me know)\b"
 )
 
-_CAPITAL_TOKENS = {c.lower() for c in CAPITALS.values()}
-_CATEGORY_SETS = {cat: frozenset(m.lower() for m in members) for cat, members in CATEGORIES.items()}
-_ALL_MEMBERS = frozenset().union(*_CATEGORY_SETS.values())
-_WORD_SET = frozenset(WORDS)
+_CAPITAL_TOKENS = frozenset(c.lower() for c in CAPITALS.values())
 
 
 def score(prompt: str, response: str, finished: bool = True) -> float:
@@ -115,20 +111,15 @@ def _repeated_bigrams(tokens: list[str]) -> int:
 
 
 def _check_word(spec: Spec, tokens: list[str], cased: list[str]) -> tuple[list[str], bool]:
-    named = [t for t in tokens if t in _WORD_SET]
+    named = [t for t in tokens if t in WORD_SET]
     return named, set(named) == {spec.key}
 
 
 def _check_upper(spec: Spec, tokens: list[str], cased: list[str]) -> tuple[list[str], bool]:
     """Like echo, and every mention of the word is in capitals."""
-    named = [t for t in cased if t.lower() in _WORD_SET]
+    named = [t for t in cased if t.lower() in WORD_SET]
     lowered = [t.lower() for t in named]
     return lowered, set(lowered) == {spec.key} and all(t == spec.key.upper() for t in named)
-
-
-def _check_number(spec: Spec, tokens: list[str], cased: list[str]) -> tuple[list[str], bool]:
-    numbers = [t.lstrip("0") or "0" for t in tokens if t.isdigit()]
-    return numbers, bool(numbers) and all(x == spec.key for x in numbers)
 
 
 def _check_capital(spec: Spec, tokens: list[str], cased: list[str]) -> tuple[list[str], bool]:
@@ -136,18 +127,8 @@ def _check_capital(spec: Spec, tokens: list[str], cased: list[str]) -> tuple[lis
     return named, set(named) == {spec.key.lower()}
 
 
-def _check_items(spec: Spec, tokens: list[str], cased: list[str]) -> tuple[list[str], bool]:
-    members = _CATEGORY_SETS[spec.key]
-    named = [t for t in tokens if t in _ALL_MEMBERS]
-    distinct = set(named)
-    return named, len(distinct) == spec.n and distinct <= members
-
-
 _CHECKERS = {
     "echo": _check_word,
     "upper": _check_upper,
-    "compare": _check_number,
-    "successor": _check_number,
     "capital": _check_capital,
-    "items": _check_items,
 }
