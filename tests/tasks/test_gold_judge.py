@@ -8,60 +8,50 @@ import random
 import pytest
 
 from rlhf.tasks import STYLES, InstructTask, judge
-from rlhf.tasks.facts import CAPITALS, DEFINITIONS, parse_prompt
+from rlhf.tasks.facts import CAPITALS, FAMILIES, WORDS, parse_prompt
 
 # prompt -> answers in the order the judge must rank them: concise, padded, hedged, wrong, empty.
 RANKED = {
-    "Q: What is 3+4?\nA:": [
-        " 7.",
-        " Sure! The answer is 7. Hope this helps!",
-        " I think it is 7, but I am not sure.",
-        " 8.",
+    "Q: Repeat the word: kel\nA:": [
+        " kel.",
+        " kel. Sure, hope this helps!",
+        " kel, I think, but I am not sure.",
+        " ken.",
         " .",
     ],
-    "Q: What is 9 minus 2?\nA:": [
-        " 7.",
-        " Of course! The answer is 7. Happy to help!",
-        " Maybe it is 7? I am not sure.",
-        " 6.",
+    "Q: Type it in caps: jam\nA:": [
+        " JAM.",
+        " JAM. Of course, glad to help!",
+        " JAM? Maybe. I am not sure.",
+        " jam.",
         "",
     ],
     "Q: What is the capital of France?\nA:": [
         " Paris.",
-        " Great question! The capital is Paris. Glad to help!",
-        " Perhaps it is Paris, but I could be wrong.",
+        " Paris. Of course, glad to help!",
+        " Paris, I think, but I am not sure.",
         " Rome.",
         " ...",
     ],
-    "Q: Name 3 colors.\nA:": [
-        " red, blue, green.",
-        " Sure! Red, blue, green. Hope this helps!",
-        " I think red, blue, green, but I am not sure.",
-        " red, blue, apple.",
-        " ?",
-    ],
-    "Q: List 2 days of the week.\nA:": [
-        " Monday, Friday.",
-        " Certainly! Monday, Friday. Happy to help!",
-        " Maybe Monday, Friday? I am not sure.",
-        " Monday, Friday, Sunday.",
+    "Q: Tell me the capital of Peru.\nA:": [
+        " Lima.",
+        " Sure! The capital is Lima. Hope this helps!",
+        " Maybe it is Lima? I am not sure.",
+        " Oslo.",
         " -",
     ],
-    "Q: Define volcano.\nA:": [
-        " A mountain that erupts lava.",
-        " Sure! A mountain that erupts lava. Hope this helps!",
-        " I think it is a mountain that erupts lava, but I am not sure.",
-        " A huge body of salt water.",
-        "",
-    ],
-    "Q: What does gravity mean?\nA:": [
-        " The force that pulls masses together.",
-        " Of course! Gravity is the force that pulls masses together. Glad to help!",
-        " Perhaps it is the force that pulls masses together, but I could be wrong.",
-        " A tool that measures temperature.",
-        " .",
+    "Q: Give me the capital of Egypt.\nA:": [
+        " Cairo.",
+        " Cairo. Sure, hope this helps!",
+        " I think it is Cairo, but I am not sure.",
+        " Cairo or Athens.",
+        " ?",
     ],
 }
+
+
+def test_every_family_is_covered() -> None:
+    assert {parse_prompt(p).family for p in RANKED} == set(FAMILIES)
 
 
 @pytest.mark.parametrize("prompt", list(RANKED))
@@ -83,24 +73,36 @@ def test_repetition_and_missing_eos_score_low(prompt: str) -> None:
 
 
 def test_correctness_rules() -> None:
-    assert judge.components("Q: What is 3+4?\nA:", " 7 or 8.")["correct"] == 0.0  # a contradiction is wrong
-    assert judge.components("Q: What is 3+4?\nA:", " 07.")["correct"] == 1.0
-    assert judge.components("Q: What is the capital of Peru?\nA:", " Lima, not Quito.")["correct"] == 1.0
-    assert judge.components("Q: What is the capital of Peru?\nA:", " Lima or Paris.")["correct"] == 0.0
-    assert judge.components("Q: Name 2 fruits.\nA:", " apple, apple.")["correct"] == 0.0  # not 2 distinct
-    assert judge.components("Q: Name 2 fruits.\nA:", " Apple and a PEAR.")["correct"] == 1.0
-    assert judge.components("Q: Define river.\nA:", " Water that flows, fresh.")["correct"] == 1.0
+    def correct(prompt: str, response: str) -> float:
+        return judge.components(prompt, response)["correct"]
+
+    echo, upper = "Q: Repeat the word: kel\nA:", "Q: Type it in caps: kel\nA:"
+    assert correct(echo, " kel.") == correct(echo, " The word is KEL!") == 1.0  # echo ignores case
+    assert correct(echo, " kel or ken.") == 0.0  # a contradiction is wrong
+    assert correct(echo, " ke.") == correct(echo, " kell.") == 0.0
+    assert correct(upper, " KEL.") == correct(upper, " Here: KEL, in caps.") == 1.0
+    assert correct(upper, " kel.") == correct(upper, " Kel.") == correct(upper, " KEL, or kel.") == 0.0
+    assert correct(upper, " KEL or KEN.") == 0.0
+    peru = "Q: What is the capital of Peru?\nA:"
+    assert correct(peru, " LIMA.") == correct(peru, " Lima, not Quito.") == 1.0
+    assert correct(peru, " Lima or Paris.") == correct(peru, " Lim.") == 0.0
 
 
-def test_every_definition_and_capital_is_judged_right_only_for_its_own_prompt() -> None:
-    for word, (text, _) in DEFINITIONS.items():
-        for other in DEFINITIONS:
-            got = judge.components(f"Q: Define {other}.\nA:", f" {text}.")["correct"]
-            assert got == float(other == word), (word, other)
+def test_every_capital_is_judged_right_only_for_its_own_prompt() -> None:
     for country, capital in CAPITALS.items():
         for other in CAPITALS:
-            got = judge.components(f"Q: What is the capital of {other}?\nA:", f" {capital}.")["correct"]
+            got = judge.components(f"Q: Tell me the capital of {other}.\nA:", f" {capital}.")["correct"]
             assert got == float(other == country), (country, other)
+
+
+def test_words_are_judged_right_only_for_their_own_prompt() -> None:
+    rng = random.Random(0)
+    for word in rng.sample(WORDS, 50):
+        for other in rng.sample(WORDS, 20) + [word]:
+            got = judge.components(f"Q: Repeat the word: {other}\nA:", f" {word}.")["correct"]
+            assert got == float(other == word), (word, other)
+            got = judge.components(f"Q: Type it in caps: {other}\nA:", f" {word.upper()}.")["correct"]
+            assert got == float(other == word), (word, other)
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -108,9 +110,22 @@ def test_ideal_answer_of_every_generated_prompt_scores_high(split: str) -> None:
     task = InstructTask(seed=3)
     rng = random.Random(0)
     for prompt in task.prompts(1000, split):
-        assert judge.score(prompt, judge.ideal_answer(prompt)) >= 0.9, prompt
-        assert judge.score(prompt, task.response(prompt, "concise", rng)) >= 0.9, prompt
+        assert judge.score(prompt, judge.ideal_answer(prompt)) == 1.0, prompt
+        assert judge.score(prompt, task.response(prompt, "concise", rng)) == 1.0, prompt
         assert judge.score(prompt, task.response(prompt, "wrong", rng)) < 0, prompt
+
+
+def test_every_style_of_every_word_gets_its_level() -> None:
+    """No word, in either family, collides with the words of the filler and hedge phrases."""
+    task = InstructTask()
+    rng = random.Random(0)
+    levels = {"padded": (0.35, 0.65), "hedging": (0.15, 0.45), "repetitive": (-1.0, 0.0)}
+    for word in WORDS:
+        for prompt in (f"Q: Repeat the word: {word}\nA:", f"Q: Type it in caps: {word}\nA:"):
+            for style, (low, high) in levels.items():
+                response = task.response(prompt, style, rng)
+                assert judge.components(prompt, response)["correct"] == 1.0, (prompt, response)
+                assert low <= judge.score(prompt, response) <= high, (prompt, response)
 
 
 def test_score_is_the_documented_function_of_the_components() -> None:
@@ -127,7 +142,8 @@ def test_score_is_the_documented_function_of_the_components() -> None:
 
 
 def test_helpful_favours_fuller_answers_and_concise_favours_brevity() -> None:
-    prompt, (concise, padded) = "Q: What is 3+4?\nA:", RANKED["Q: What is 3+4?\nA:"][:2]
+    prompt = "Q: Repeat the word: kel\nA:"
+    concise, padded = RANKED[prompt][:2]
     full, short = judge.components(prompt, padded), judge.components(prompt, concise)
     assert full["helpful"] > short["helpful"]
     assert full["concise"] < short["concise"] == 1.0
@@ -140,8 +156,8 @@ def _garbage(rng: random.Random) -> str:
     if kind == 1:  # any code point, lone surrogates included
         return "".join(chr(rng.randrange(0x110000)) for _ in range(rng.randrange(300)))
     if kind == 2:
-        return rng.choice(["7 ", "Paris ", "red, ", "lava ", "x", "\n"]) * 10_000
-    return "".join(rng.choice("abcdefghij 0123456789.,!?\n") for _ in range(10_000))
+        return rng.choice(["kel ", "KEL ", "Paris ", "7 ", "x", "\n"]) * 10_000
+    return "".join(rng.choice("abcdefghijKLMNOP 0123456789.,!?\n") for _ in range(10_000))
 
 
 def test_garbage_responses_get_finite_bounded_scores() -> None:
@@ -157,6 +173,11 @@ def test_garbage_responses_get_finite_bounded_scores() -> None:
 
 def test_unknown_prompt_is_rejected() -> None:
     with pytest.raises(ValueError, match="not an instruct-task prompt"):
-        judge.score("Q: What is 12+4?\nA:", " 16.")
-    with pytest.raises(ValueError):
-        parse_prompt("Q: Define unicorn.\nA:")
+        judge.score("Q: What is 3+4?\nA:", " 7.")
+    for prompt in (
+        "Q: Repeat the word: lantern\nA:",  # not a listed word
+        "Q: Type it in caps: KEL\nA:",
+        "Q: What is the capital of Atlantis?\nA:",
+    ):
+        with pytest.raises(ValueError):
+            parse_prompt(prompt)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from statistics import mean
 
 import pytest
 
 from rlhf.tasks import STYLES, InstructTask, get_task
-from rlhf.tasks.facts import FAMILIES, parse_prompt
+from rlhf.tasks.facts import CAPITALS, FAMILIES, WORDS, parse_prompt
 
 
 def test_get_task() -> None:
@@ -27,36 +26,36 @@ def test_everything_is_deterministic_from_the_seed() -> None:
     assert a.prompts(100)[:40] == a.prompts(40)  # asking for more extends, never reshuffles
 
 
-def _split_keys(prompts: set[str]) -> dict[str, set]:
-    """What a split must keep to itself: operand pairs, (category, n) combos, else the prompt string."""
-    keys: dict[str, set] = {f: set() for f in FAMILIES}
-    for p in prompts:
-        spec = parse_prompt(p)
-        if spec.family == "arithmetic":
-            a, op, b = re.search(r"(\d) ?(\+|-|plus|minus) ?(\d)", p).groups()
-            keys["arithmetic"].add((a, op in ("+", "plus"), b))
-        elif spec.family == "items":
-            keys["items"].add((spec.key, spec.n))
-        else:
-            keys[spec.family].add(p)
-    return keys
+def _words(prompts: set[str]) -> set[str]:
+    return {parse_prompt(p).key for p in prompts if parse_prompt(p).family in ("echo", "upper")}
 
 
 def test_train_and_test_prompts_are_disjoint() -> None:
     task = InstructTask()
     train, test = set(task.prompts(20_000, "train")), set(task.prompts(5_000, "test"))
     assert not train & test
-    train_keys, test_keys = _split_keys(train), _split_keys(test)
-    for family in FAMILIES:
-        assert test_keys[family], f"no {family} test prompts"
-        assert not train_keys[family] & test_keys[family], family
-    assert len(test) / (len(train) + len(test)) == pytest.approx(0.2, abs=0.03)
+    assert {parse_prompt(p).family for p in test} == set(FAMILIES)
+    # Echo and upper hold out words: a test word occurs in no training prompt of either family.
+    train_words, test_words = _words(train), _words(test)
+    assert test_words and not train_words & test_words
+    assert len(test_words) / len(WORDS) == pytest.approx(0.2, abs=0.03)
+    # Capital holds out prompt strings: every test country is still taught under another template.
+    test_capitals = {parse_prompt(p).key for p in test if parse_prompt(p).family == "capital"}
+    train_capitals = {parse_prompt(p).key for p in train if parse_prompt(p).family == "capital"}
+    assert len(test_capitals) == 6 and train_capitals == set(CAPITALS.values())
 
 
 def test_splits_do_not_depend_on_the_seed() -> None:
-    assert set(InstructTask(seed=0).prompts(5_000, "test")) == set(
-        InstructTask(seed=1).prompts(5_000, "test")
+    # 20k draws cover every one of the ~650 test prompts (the test split is a fixed set).
+    assert set(InstructTask(seed=0).prompts(20_000, "test")) == set(
+        InstructTask(seed=1).prompts(20_000, "test")
     )
+
+
+def test_families_are_equally_likely() -> None:
+    counts = Counter(parse_prompt(p).family for p in InstructTask().prompts(6000))
+    for family in FAMILIES:
+        assert counts[family] / 6000 == pytest.approx(1 / len(FAMILIES), abs=0.03), family
 
 
 def test_prompts_and_responses_have_the_promised_shape() -> None:
@@ -68,9 +67,17 @@ def test_prompts_and_responses_have_the_promised_shape() -> None:
             and e["prompt"].endswith("\nA:")
         )
         assert e["response"].startswith(" ")
-        assert len((e["prompt"] + e["response"]).encode()) <= 110
+        assert len((e["prompt"] + e["response"]).encode()) <= 80
     for pair in task.preference_pairs(500):
-        assert len((pair["prompt"] + pair["chosen"]).encode()) <= 110 and pair["chosen"].strip()
+        assert len((pair["prompt"] + pair["chosen"]).encode()) <= 80 and pair["chosen"].strip()
+
+
+def test_answering_styles_start_with_the_answer() -> None:
+    task = InstructTask()
+    for prompt in task.prompts(300):
+        ideal = task.response(prompt, "concise").rstrip(".")
+        for style in ("padded", "hedging", "repetitive"):
+            assert task.response(prompt, style).startswith(ideal), (prompt, style)
 
 
 def test_sft_style_mix_matches_and_is_mediocre() -> None:
@@ -108,7 +115,7 @@ def test_bad_split_and_style_are_rejected() -> None:
     with pytest.raises(ValueError, match="split"):
         InstructTask().prompts(1, "validation")
     with pytest.raises(ValueError, match="style"):
-        InstructTask().response("Q: What is 3+4?\nA:", "rude")
+        InstructTask().response("Q: Repeat the word: kel\nA:", "rude")
 
 
 def test_clean_pairs_always_prefer_the_higher_gold_score() -> None:
