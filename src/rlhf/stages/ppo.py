@@ -267,13 +267,17 @@ def train_ppo(cfg: PPOConfig) -> dict:
 
         # 8. Scores: reward model at the last real token [D6], normalised and clipped [D7]; missing-EOS penalty [D8].
         texts = [tok.decode(row[m].tolist()) for row, m in zip(roll.response_ids, r_mask)]
+        gold = [task.score(p, t, bool(f)) for p, t, f in zip(prompts, texts, roll.finished)] if task else []
         if cfg.reward_fn == "length":
             scores = torch.tensor([len(t) / 100 for t in texts])
+        elif cfg.reward_fn == "gold":
+            if task is None:
+                raise UserError("--reward-fn gold needs the built-in task (no --prompts file)")
+            scores = torch.tensor(gold)
         else:
             scores = score_responses(reward_model, ids, mask, norm, cfg.reward_clip)
         raw_scores = scores.clone()
         scores = scores - cfg.missing_eos_penalty * (~roll.finished).float()
-        gold = [task.score(p, t, bool(f)) for p, t, f in zip(prompts, texts, roll.finished)] if task else []
         t2 = time.time()
 
         # 9. Per-token rewards: -beta*kl_t (estimator of choice) [D5] + the score on the last token [D9].
