@@ -160,14 +160,14 @@ def test_reward_derived_defaults_follow_the_final_options(tmp_path):
     _, gpt = cli.parse(["reward"])
     assert (gpt.optim.lr, gpt.epochs, gpt.max_length) == (3e-4, 3.0, gpt.arch.block_size)
     _, hf = cli.parse(["reward", "--model", "minilm"])
-    assert (hf.optim.lr, hf.epochs, hf.max_length) == (5e-5, 2.0, 256)
+    assert (hf.optim.lr, hf.epochs, hf.max_length) == (1e-4, 1.0, 128)
     _, small = cli.parse(["reward", "--arch.block-size", "64"])
     assert small.max_length == 64
     (tmp_path / "r.yaml").write_text("model: minilm\n")
     _, from_file = cli.parse(["reward", "--config", str(tmp_path / "r.yaml")])
-    assert (from_file.optim.lr, from_file.epochs) == (5e-5, 2.0)
-    _, explicit = cli.parse(["reward", "--model", "minilm", "--optim.lr", "1e-4", "--epochs", "1"])
-    assert (explicit.optim.lr, explicit.epochs) == (1e-4, 1.0)
+    assert (from_file.optim.lr, from_file.epochs) == (1e-4, 1.0)
+    _, explicit = cli.parse(["reward", "--model", "minilm", "--optim.lr", "2e-5", "--epochs", "3"])
+    assert (explicit.optim.lr, explicit.epochs) == (2e-5, 3.0)
 
 
 @pytest.mark.parametrize(
