@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import re
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -186,8 +187,8 @@ class RewardConfig(RunConfig):
     arch: GPTConfig = field(default_factory=GPTConfig)
     """Architecture of a fresh built-in GPT (only when --model gpt and no --init)."""
     threads: int = 0
-    """CPU threads for PyTorch (0 = torch's default; with a Hugging Face backbone on a machine other jobs keep
-    busy, only the cores they leave free: 2 threads fighting another job for 2 cores run ~2x slower than 1)."""
+    """CPU threads for PyTorch (0 = torch's default; with a Hugging Face backbone, only the cores other running
+    jobs leave free: 2 threads fighting another job for 2 cores run ~2x slower than 1)."""
     pooling: Literal["last", "mean"] = "last"
     """Read the score at the last real token (EOS), or average over real tokens."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.0, weight_decay=0.0, warmup_steps=10))
@@ -234,15 +235,27 @@ class RewardConfig(RunConfig):
 
     @staticmethod
     def free_cores() -> int:
-        """Cores no other job is using (1-minute load average), at least 1; 0 (torch's default) when idle."""
+        """Cores other jobs leave free, at least 1; 0 (torch's default) when nothing else is running.
+
+        Linux: the runnable-task count of /proc/loadavg, sampled for ~0.3 s (instantaneous, so a job that just
+        ended does not count); elsewhere the 1-minute load average.
+        """
         try:
             n = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):  # pragma: no cover - not Linux
             n = os.cpu_count() or 1
         try:
-            busy = round(os.getloadavg()[0])
-        except (AttributeError, OSError):  # pragma: no cover - no load average (Windows)
-            return 0
+            samples = []
+            for _ in range(6):
+                with open("/proc/loadavg") as f:
+                    samples.append(int(f.read().split()[3].split("/")[0]) - 1)  # minus this process
+                time.sleep(0.05)
+            busy = round(sum(samples) / len(samples))
+        except (OSError, ValueError, IndexError):
+            try:
+                busy = round(os.getloadavg()[0])
+            except (AttributeError, OSError):  # pragma: no cover - no load average (Windows)
+                return 0
         return 0 if busy <= 0 else max(1, n - busy)
 
 
