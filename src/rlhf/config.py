@@ -21,6 +21,7 @@ from typing import Literal
 import tomllib
 import yaml
 
+from rlhf.data.loader import ColumnKeys
 from rlhf.errors import UserError
 from rlhf.models.gpt import GPTConfig
 
@@ -72,6 +73,12 @@ class DataKeys:
     """Column holding the dispreferred response (pair files)."""
     margin_key: str = "margin"
     """Optional column with a per-pair margin for the reward loss."""
+
+    def column_keys(self) -> ColumnKeys:
+        """The loader's view of these names."""
+        return ColumnKeys(
+            self.prompt_key, self.chosen_key, self.rejected_key, self.response_key, self.margin_key
+        )
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 from rlhf.checkpoint import write_json
 from rlhf.config import CompareConfig
 from rlhf.data.collate import encode_prompt, pad
-from rlhf.data.loader import ColumnKeys, load_prompts
+from rlhf.data.loader import load_prompts
 from rlhf.generation import sample
 from rlhf.models.build import load_policy, load_scalar
 from rlhf.rl import logprobs_from_logits
@@ -85,9 +85,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         prompts = task.prompts(cfg.n_prompts, split="test")
     else:
         k = cfg.keys
-        prompts = load_prompts(cfg.prompts, ColumnKeys(k.prompt_key, k.chosen_key, k.rejected_key))[
-            : cfg.n_prompts
-        ]
+        prompts = load_prompts(cfg.prompts, k.column_keys())[: cfg.n_prompts]
         task = None
     prompts_rep = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     # The same seed for both policies: differences come from the weights, not the dice.

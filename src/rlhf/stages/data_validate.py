@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from rlhf.checkpoint import write_json
 from rlhf.config import DataValidateConfig
-from rlhf.data.loader import ColumnKeys
 from rlhf.data.tokenizer import ByteTokenizer, HFTokenizer
 from rlhf.data.validate import format_report, validate_file
 from rlhf.stages.common import setup_run
@@ -13,7 +12,7 @@ from rlhf.stages.common import setup_run
 def run_validate(cfg: DataValidateConfig) -> dict:
     out = setup_run(cfg)
     k = cfg.keys
-    keys = ColumnKeys(k.prompt_key, k.chosen_key, k.rejected_key, k.response_key, k.margin_key)
+    keys = k.column_keys()
     tok = ByteTokenizer() if cfg.tokenizer == "byte" else HFTokenizer(cfg.tokenizer)
     report = validate_file(cfg.file, tok, cfg.max_length, keys)
     print(format_report(report))

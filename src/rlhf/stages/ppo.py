@@ -18,7 +18,7 @@ import torch.nn as nn
 from rlhf.checkpoint import write_json
 from rlhf.config import PPOConfig
 from rlhf.data.collate import encode_prompt, pad
-from rlhf.data.loader import ColumnKeys, load_prompts
+from rlhf.data.loader import load_prompts
 from rlhf.errors import UserError
 from rlhf.generation import sample
 from rlhf.metrics import MetricsWriter
@@ -134,7 +134,7 @@ def load_prompt_pool(cfg: PPOConfig) -> tuple[list[str], object]:
     if cfg.prompts is None:
         return task.prompts(cfg.task.n_train, split="train"), task
     k = cfg.keys
-    keys = ColumnKeys(k.prompt_key, k.chosen_key, k.rejected_key, k.response_key, k.margin_key)
+    keys = k.column_keys()
     return load_prompts(cfg.prompts, keys), None
 
 

@@ -15,7 +15,7 @@ import torch
 from rlhf.checkpoint import write_json
 from rlhf.config import RewardConfig, RewardEvalConfig
 from rlhf.data.collate import Encoded, encode_prompt_response, length_bucketed_batches, pad
-from rlhf.data.loader import ColumnKeys, load_pairs
+from rlhf.data.loader import load_pairs
 from rlhf.data.tokenizer import ByteTokenizer, Tokenizer
 from rlhf.errors import UserError
 from rlhf.metrics import MetricsWriter
@@ -59,10 +59,6 @@ class EncodedPair:
         return self.chosen.truncated or self.rejected.truncated
 
 
-def _keys(k) -> ColumnKeys:
-    return ColumnKeys(k.prompt_key, k.chosen_key, k.rejected_key, k.response_key, k.margin_key)
-
-
 def load_pair_data(cfg, split_user_file: bool) -> tuple[list[dict], list[dict], object]:
     """(train pairs, held-out pairs, task or None) as dicts with prompt/chosen/rejected/margin[/gold_agrees]."""
     if cfg.data is None:
@@ -78,7 +74,7 @@ def load_pair_data(cfg, split_user_file: bool) -> tuple[list[dict], list[dict], 
         return pairs("train", t.n_train if split_user_file else 0), pairs("test", t.n_eval), task
     rows = [
         {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "margin": p.margin}
-        for p in load_pairs(cfg.data, _keys(cfg.keys))
+        for p in load_pairs(cfg.data, cfg.keys.column_keys())
     ]
     if not split_user_file:
         return [], rows, None

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from rlhf.checkpoint import write_json
 from rlhf.config import SFTConfig
 from rlhf.data.collate import encode_prompt_response, length_bucketed_batches, sft_batch
-from rlhf.data.loader import ColumnKeys, load_sft
+from rlhf.data.loader import load_sft
 from rlhf.data.tokenizer import ByteTokenizer
 from rlhf.metrics import MetricsWriter
 from rlhf.models.build import gpt_backbone_spec, load_policy, save_checkpoint, save_tokenizer
@@ -60,7 +60,7 @@ def load_sft_data(cfg: SFTConfig):
         evals = [(e["prompt"], e["response"]) for e in task.sft_examples(cfg.task.n_eval, split="test")]
         return train, evals, task
     k = cfg.keys
-    keys = ColumnKeys(k.prompt_key, k.chosen_key, k.rejected_key, k.response_key, k.margin_key)
+    keys = k.column_keys()
     rows = [(e.prompt, e.response) for e in load_sft(cfg.data, keys)]
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(rows), generator=gen).tolist()
