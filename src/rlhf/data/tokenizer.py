@@ -66,7 +66,7 @@ class HFTokenizer:
         self.bos_id = int(bos) if bos is not None else self.eos_id
         # Prepend BOS for a real, distinct BOS token (Llama-style; GPT-2's bos == eos and Qwen has none), and
         # for encoders whose own template starts with [CLS] (BERT, MiniLM): they were pretrained on
-        # `[CLS] text [SEP]`, and without the [CLS] every position sees an input they never saw.
+        # `[CLS] text [SEP]`, and the EOS we append is their [SEP].
         self.add_bos = (
             self.tok.bos_token_id is not None and int(self.tok.bos_token_id) != self.eos_id
         ) or self._template_starts_with(self.bos_id)
