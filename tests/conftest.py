@@ -7,8 +7,19 @@ downstream is what the commands write. Everything runs on one CPU thread (--thre
 from __future__ import annotations
 
 import pytest
+import torch
 
 from rlhf import cli
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: tiny models gain nothing from more, and on a busy CPU spinning threads crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 TINY_SFT = [
     "--arch.n-layer", "1", "--arch.n-embd", "32", "--arch.n-head", "2",

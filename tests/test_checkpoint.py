@@ -22,15 +22,6 @@ from rlhf.models.gpt import GPT, GPTConfig
 ARCH = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and on a busy CPU spinning threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def policy(seed: int) -> GPT:
     torch.manual_seed(seed)
     return GPT(ARCH).eval()

@@ -12,15 +12,6 @@ from rlhf import cli
 from rlhf.eval.compare import bootstrap_ci
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and on a busy CPU spinning threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_bootstrap_ci_of_constant_diffs_is_the_constant():
     assert bootstrap_ci(torch.full((20,), 0.25), n_boot=200, seed=0) == [pytest.approx(0.25)] * 2
     lo, hi = bootstrap_ci(torch.zeros(7), n_boot=50, seed=3)

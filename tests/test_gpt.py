@@ -16,15 +16,6 @@ from rlhf.models.heads import ScalarModel, last_token_index
 PAD, EOS, V = 256, 258, 259
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and on a busy CPU spinning threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_gpt(seed: int = 0, eos_bias: float = 0.0, n_layer: int = 2) -> GPT:
     """A small random GPT; `eos_bias` > 0 makes EOS likely (so rows finish at different steps)."""
     torch.manual_seed(seed)

@@ -24,15 +24,6 @@ from rlhf.stages.ppo import per_token_rewards, right_align
 PAD, BOS, EOS = 256, 257, 258
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and on a busy CPU spinning threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------------ by hand
 def test_right_align_by_hand():
     # Row 0: left-padded prompt [pad, pad, 5, 6], response [11, EOS, pad].

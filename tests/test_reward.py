@@ -18,15 +18,6 @@ from rlhf.models.build import load_scalar
 from rlhf.stages.reward import encode_pairs, load_pair_data, pair_metrics, score_pairs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and on a busy CPU spinning threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------------ metrics
 def test_pair_metrics_by_hand():
     m = pair_metrics(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0]))

@@ -18,15 +18,6 @@ from rlhf.stages.sft import sft_loss
 PAD, BOS, EOS, V = 256, 257, 258, 259
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and on a busy CPU spinning threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------------ loss
 def test_sft_loss_by_hand_counts_response_targets_only():
     # bos "h" "i" | " " "y" eos : the prompt is bos + "hi" (prompt_len 3), the response " y" + eos.
