@@ -40,16 +40,16 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
 
     say("== 3/4 PPO")
-    ppo = train_ppo(
-        PPOConfig(
-            out=out / "ppo",
-            sft=out / "sft",
-            reward=out / "reward",
-            episodes=cfg.episodes,
-            kl_coef=cfg.kl_coef,
-            **common,
-        )
+    ppo_cfg = PPOConfig(
+        out=out / "ppo",
+        sft=out / "sft",
+        reward=out / "reward",
+        episodes=cfg.episodes,
+        kl_coef=cfg.kl_coef,
+        **common,
     )
+    ppo_cfg.optim = dataclasses.replace(ppo_cfg.optim, lr=cfg.ppo_lr)
+    ppo = train_ppo(ppo_cfg)
 
     say("== 4/4 compare")
     cmp = run_compare(

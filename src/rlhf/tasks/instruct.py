@@ -3,10 +3,13 @@
 Three prompt families (`facts.FAMILIES`: echo, upper, capital) with short fixed-format prompts such as
 "Q: Type it in caps: kel\nA:" and short answers such as " KEL.". A tiny byte-level model learns them in a
 minute of CPU and answers held-out prompts too. Responses come in styles (`STYLES`): concise (the ideal),
-padded (filler after the answer), hedging, wrong, repetitive and empty (bare punctuation). Every style
-that answers starts with the answer, so the answer always sits right after the prompt. The gold judge
+padded (filler after the answer), hedging, wrong (a wrong answer in the concise format), wrong_padded and
+wrong_hedging (a wrong answer in those formats), repetitive and empty (bare punctuation). Every style that
+answers starts with the answer, so the answer always sits right after the prompt. The gold judge
 (`judge.py`) scores them; SFT data mixes styles so that an SFT model is mediocre and PPO has room to
-improve.
+improve. Preference pairs draw from all styles, so a wrong answer comes in every format an annotator sees:
+were wrong answers only ever short, a reward model could rank formats and never learn to check the answer
+(it did: it scored a short wrong answer like a concise correct one).
 
 Splits are fixed, independent of the seed, so every seed evaluates on the same held-out prompts, and no
 test prompt occurs in training. Echo and upper hold out 20% of the words (the same words for both), so a
@@ -24,8 +27,8 @@ from collections.abc import Callable
 from rlhf.tasks import judge
 from rlhf.tasks.facts import CAPITALS, FAMILIES, TEMPLATES, WORDS, Spec, answer_text, parse_prompt
 
-STYLES = ("concise", "padded", "hedging", "wrong", "repetitive", "empty")
-DEFAULT_STYLE_MIX = {"concise": 0.35, "padded": 0.25, "hedging": 0.15, "wrong": 0.15, "repetitive": 0.10}
+STYLES = ("concise", "padded", "hedging", "wrong", "wrong_padded", "wrong_hedging", "repetitive", "empty")
+DEFAULT_STYLE_MIX = {"concise": 0.25, "padded": 0.30, "hedging": 0.20, "wrong": 0.10, "repetitive": 0.15}
 SPLITS = ("train", "test")
 TEST_FRACTION = 0.2
 
@@ -238,6 +241,14 @@ def _wrong(spec: Spec, rng: random.Random) -> str:
     return f" {_wrong_core(spec, rng)}."
 
 
+def _wrong_padded(spec: Spec, rng: random.Random) -> str:
+    return " " + rng.choice(_PADDINGS).format(x=_wrong_core(spec, rng))
+
+
+def _wrong_hedging(spec: Spec, rng: random.Random) -> str:
+    return " " + rng.choice(_HEDGES).format(x=_wrong_core(spec, rng))
+
+
 def _repetitive(spec: Spec, rng: random.Random) -> str:
     once = f"{_correct_core(spec, rng)}."
     return " " + " ".join([once] * 3)
@@ -252,6 +263,8 @@ _BUILDERS: dict[str, Callable[[Spec, random.Random], str]] = {
     "padded": _padded,
     "hedging": _hedging,
     "wrong": _wrong,
+    "wrong_padded": _wrong_padded,
+    "wrong_hedging": _wrong_hedging,
     "repetitive": _repetitive,
     "empty": _empty,
 }
