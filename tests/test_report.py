@@ -52,7 +52,7 @@ def test_report_embeds_every_figure_and_escapes_text(tmp_path) -> None:
     assert len(images) == 5  # sft loss, reward accuracy, ppo gold, KL, length
     assert len(list((run / "plots").glob("*.png"))) == 5
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page  # sample text is escaped, never markup
-    assert "src=\"http" not in page and "<link" not in page  # self-contained: nothing fetched
+    assert 'src="http' not in page and "<link" not in page  # self-contained: nothing fetched
 
 
 def test_report_cli_rejects_a_missing_run_dir(tmp_path, capsys) -> None:
