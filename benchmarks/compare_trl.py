@@ -1,0 +1,847 @@
+"""rlhf vs TRL on the peer harness's fixed workload (`../shared/peers/trl`): PPO, reward model, generation, SFT.
+
+    python benchmarks/compare_trl.py --trl-python ../.venv-trl/bin/python      # everything, ~10 min on 2 cores
+    python benchmarks/compare_trl.py --skip-trl --only ppo --only reward        # ours only, a subset
+
+What is measured, and how it matches the peer (`common.py` and its `bench_*.py` scripts):
+
+* The same work. Model: our built-in GPT with the peer's GPT-2 dimensions (n_layer 4, n_embd 128, n_head 4,
+  block 256, vocab 259 -> 859,264 parameters), random init after `torch.manual_seed(0)`, float32. Tokenizer: our
+  ByteTokenizer, whose ids are the peer's (bytes 0..255, pad 256, bos 257, eos 258; checked at start). Data:
+  `common.make_pairs(512, seed=0)` and `common.make_prompts(128, seed=1)`, imported from `--peer-dir`. Threads:
+  2 (the peer's `common.NUM_THREADS`; `--threads` changes ours only). Batch sizes, episodes, response length,
+  epochs, minibatches and the warm-up / repeat protocol are each peer script's.
+* generate (bench_generate.py): `rlhf.generation.sample` with the KV cache, temperature 1, top-k 0, top-p 1, exactly
+  32 new tokens (EOS disabled as TRL disables it: `eos_id=-1`, an id the model never samples), batch 1/16/64 (and
+  16 without the cache); new tokens/s = B*32 / median seconds per call, prefill included.
+* reward (bench_reward.py): `rlhf.stages.reward.train_reward` itself (pair_batch -> ScalarModel.score ->
+  bradley_terry_loss -> make_optimizer's AdamW) on a fresh GPT, the 512 pairs written as JSONL to a temp dir,
+  1 epoch, batch 16 pairs, max_length 256, lr 1e-4, eval-fraction 0 (all 512 pairs train, as in TRL). Time = the
+  training loop (the stage's progress bar opens right before it and closes right after: the span TRL's
+  `trainer.train()` covers); pairs/s = 512 / median over repeats.
+* ppo (bench_ppo.py): `rlhf.stages.ppo.train_ppo` on random-init checkpoints written with the project's own
+  `save_checkpoint` (policy = reference = the workload GPT; reward = value = the workload GPT + scalar head), the 128
+  prompts as a JSONL file, 256 episodes = 16 updates x 16 prompts, 32-token responses, 4 PPO epochs, 1 minibatch,
+  temperature 1, kl_coef 0.05 (k1, fixed), cliprange 0.2, value clip 0.2, vf_coef 0.1, gamma 1, lambda 0.95,
+  lr 3e-6 for policy and value alike, no gradient clipping, no reward normalisation/clipping, no missing-EOS
+  penalty, no reward whitening (all as TRL's PPOConfig there). Episodes/s = 256 / the PPO loop's wall time (model
+  loading excluded, as in TRL's script); also our own `time_share` and per-phase seconds.
+* sft (bench_torch_baseline.py): our SFT training step (rlhf.stages.sft: sft_batch -> GPT forward -> sft_loss ->
+  backward -> clip_grads -> AdamW step of make_optimizer, the SFT stage's model and optimizer) on the baseline's
+  [16, 128] random-token batch, timed as the baseline times its bare fwd+bwd (5 warm-up, 5 x 20 steps, median);
+  `sft_vs_bare` = ours / `torch_fwd_bwd_16x128.tokens_per_s_median`.
+
+Each of our benchmarks runs in its own subprocess (this file with `--child NAME`), as does each peer script (with
+`--trl-python`), so the peak RSS of every run is its own (`wait4`). MFU = 6*N*tokens/s over the matmul fp32 peak
+of bench_torch_baseline (`matmul_fp32_1024.gflops_median`; measured the same way in our child without TRL).
+The last line is `ratios vs TRL: ppo=... reward=... generate_b16=... generate_b64=... sft_vs_bare=...`
+(ours / theirs throughput). Results and logs go to --out (default runs/bench-compare-trl/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_PEER_DIR = ROOT.parent / "shared" / "peers" / "trl"
+BENCHES = ("sft", "generate", "reward", "ppo")  # the peer's run_all.sh order
+PEER_SCRIPT = {
+    "sft": "bench_torch_baseline.py",
+    "generate": "bench_generate.py",
+    "reward": "bench_reward.py",
+    "ppo": "bench_ppo.py",
+}
+NEW_TOKENS = 32
+TRL_PHASES = [  # bench_ppo.py's phase_seconds keys, in its order
+    "generation",
+    "rollout_scoring_ref_value_reward",
+    "rollout_logprobs_of_generated",
+    "ppo_optimisation_total",
+    "  ppo_forward",
+    "  ppo_backward",
+    "  ppo_optimizer_step",
+    "  ppo_log_softmax",
+    "gc_collect (2 per update)",
+    "trl_empty_cache (no-op on CPU)",
+    "other",
+]
+GEN_CASES = [(1, True, 3, 20), (16, True, 3, 15), (64, True, 2, 10), (16, False, 2, 7)]  # bench_generate.py
+
+
+# ================================================================================================ shared helpers
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def busy_warning(where: str) -> str | None:
+    """A warning when other jobs keep the CPU busy (the 1-minute load average counts runnable tasks)."""
+    one = os.getloadavg()[0]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if one > 0.5:
+        return (
+            f"WARNING ({where}): load average {loadavg()} on {cores} cores - other jobs are running; "
+            "figures are noisy, only ratios taken side by side count"
+        )
+    return None
+
+
+def emit(name: str, obj: dict) -> None:
+    print(f"RESULT {name} {json.dumps(obj, sort_keys=True)}", flush=True)
+
+
+def parse_results(text: str) -> dict[str, dict]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("RESULT "):
+            _, name, payload = line.split(" ", 2)
+            out[name] = json.loads(payload)
+    return out
+
+
+def import_peer_common(peer_dir: Path):
+    """The peer's `common` module (data generators and workload constants); it only needs torch."""
+    sys.path.insert(0, str(peer_dir))
+    import common
+
+    return common
+
+
+def check_workload(common) -> None:
+    """Our tokenizer ids and model dimensions are the peer's; stop if either side changed."""
+    from rlhf.data.tokenizer import ByteTokenizer
+    from rlhf.models.gpt import GPTConfig
+
+    tok, arch = ByteTokenizer(), GPTConfig()
+    ours = (tok.pad_id, tok.bos_id, tok.eos_id, tok.vocab_size)
+    theirs = (common.PAD_ID, common.BOS_ID, common.EOS_ID, common.VOCAB_SIZE)
+    assert ours == theirs, f"tokenizer ids differ: ours {ours}, peer {theirs}"
+    assert tok.encode("Hi é") == list("Hi é".encode()), "ByteTokenizer is not byte-valued"
+    kw = common.MODEL_KW
+    dims = (arch.n_layer, arch.n_embd, arch.n_head, arch.block_size, arch.vocab_size)
+    want = (kw["n_layer"], kw["n_embd"], kw["n_head"], kw["n_positions"], kw["vocab_size"])
+    assert dims == want, f"GPTConfig defaults {dims} differ from the peer's model {want}"
+    assert arch.dropout == 0.0
+
+
+def matmul_gflops(n: int = 1024, iters: int = 50, repeats: int = 5) -> float:
+    """bench_torch_baseline.py's fp32 matmul peak, measured the same way (median GFLOP/s)."""
+    import torch
+
+    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    for _ in range(10):
+        torch.mm(a, b, out=c)
+    res = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            torch.mm(a, b, out=c)
+        res.append(2 * n**3 * iters / (time.perf_counter() - t0) / 1e9)
+    return statistics.median(res)
+
+
+def workload_gpt(seed: int = 0):
+    import torch
+
+    from rlhf.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(seed)
+    return GPT(GPTConfig())
+
+
+class LoopClock:
+    """Wall time of a stage's main loop: the stage opens its progress bar right before the loop, closes it after.
+
+    Installed by replacing the stage module's `progress` helper (the source is not changed); `seconds` is None if a
+    stage no longer does that, and the caller falls back to the stage's own summary time.
+    """
+
+    def __init__(self, module):
+        self.start = self.end = self._current = None
+        self._orig = module.progress
+        module.progress = self._progress
+
+    def _progress(self, *a, **kw):
+        bar = self._orig(*a, **kw)
+        self.start, self.end = time.perf_counter(), None
+        close, mine = bar.close, object()
+        self._current = mine
+
+        def closed():
+            # Only this run's bar counts: an earlier run's bar may be closed again later by tqdm's __del__ when
+            # the garbage collector frees it, in the middle of this run.
+            if self._current is mine and self.end is None:
+                self.end = time.perf_counter()
+            close()
+
+        bar.close = closed
+        return bar
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.start is None or self.end is None else self.end - self.start
+
+
+def peak_rss_self_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ================================================================================================ our benchmarks
+def child_generate(a, common) -> dict:
+    import torch
+
+    from rlhf.data.collate import encode_prompt, pad
+    from rlhf.data.tokenizer import ByteTokenizer
+    from rlhf.generation import sample
+
+    tok = ByteTokenizer()
+    model = workload_gpt().eval()
+    prompts = common.make_prompts(common.N_PPO_PROMPTS, seed=1)
+    cases = [(b, c, 1, 2) for b, c, _, _ in GEN_CASES] if a.smoke else GEN_CASES
+    res = {}
+    for bs, use_cache, warm, reps in cases:
+        # Our prompt encoding (PPO's): [bos] + prompt bytes, left-padded - one token longer than the peer's.
+        ids, mask = pad(
+            [encode_prompt(tok, p, 256 - NEW_TOKENS)[0] for p in prompts[:bs]], tok.pad_id, side="left"
+        )
+        gen = torch.Generator().manual_seed(0)
+
+        def call(ids=ids, mask=mask, use_cache=use_cache, gen=gen, bs=bs):
+            # eos_id=-1: no sampled id equals it, so no row ever stops (TRL: eos_token_id=None).
+            r = sample(model, ids, mask, NEW_TOKENS, -1, tok.pad_id, 1.0, 0, 1.0, gen, use_cache=use_cache)
+            assert r.response_ids.shape == (bs, NEW_TOKENS) and bool(r.response_mask.all())
+            return r
+
+        for _ in range(warm):
+            call()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        res[f"generate_b{bs}_cache{int(use_cache)}"] = {
+            "batch": bs,
+            "use_cache": use_cache,
+            "prompt_len_padded": ids.shape[1],
+            "seconds_per_call_median": med,
+            "new_tokens_per_s": bs * NEW_TOKENS / med,
+            "ms_per_decode_step": 1000 * med / NEW_TOKENS,
+            "repeats": reps,
+        }
+        print(f"ours generate b{bs} cache={use_cache}: {bs * NEW_TOKENS / med:,.0f} new tok/s", flush=True)
+    return res
+
+
+def child_sft(a, common) -> dict:
+    import torch
+
+    from rlhf.config import SFTConfig
+    from rlhf.data.collate import Encoded, sft_batch
+    from rlhf.data.tokenizer import ByteTokenizer
+    from rlhf.stages.common import clip_grads, lr_factor, make_optimizer, set_lr
+    from rlhf.stages.sft import sft_loss
+
+    peak = matmul_gflops(iters=5 if a.smoke else 50, repeats=2 if a.smoke else 5)
+    B, T = 16, 128
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (B, T), generator=g)  # the baseline's batch
+    # prompt_len 1: the loss covers all T-1 next-token targets, as the baseline's labels=x does.
+    enc = [Encoded(row.tolist(), 1, False) for row in x]
+    warm, iters, reps = (1, 2, 2) if a.smoke else (5, 20, 5)
+
+    def measure(dropout: float) -> dict:
+        cfg = SFTConfig()  # the stage's defaults: model (arch), AdamW (lr, wd, betas), clipping, schedule
+        cfg.arch.dropout = dropout
+        torch.manual_seed(0)
+        from rlhf.models.gpt import GPT
+
+        model = GPT(cfg.arch).train()
+        opt = make_optimizer(model, cfg.optim)
+        total_steps, step = 10_000, 0
+        tok = ByteTokenizer()
+
+        def train_step():  # the body of train_sft's loop (grad_accum 1)
+            nonlocal step
+            lr = cfg.optim.lr * lr_factor(step, total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
+            set_lr(opt, lr)
+            b = sft_batch(enc, tok.pad_id)
+            n_tokens = int(b["loss_mask"][:, :-1].sum())
+            nll, _ = sft_loss(model(b["input_ids"]), b["input_ids"], b["loss_mask"])
+            (nll / max(n_tokens, 1)).backward()
+            clip_grads(model, cfg.optim.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+
+        for _ in range(warm):
+            train_step()
+        tps = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                train_step()
+            tps.append(B * T * iters / (time.perf_counter() - t0))
+        med = statistics.median(tps)
+        n = model.num_params()
+        return {
+            "tokens_per_s_median": med,
+            "tokens_per_s_repeats": tps,
+            "params": n,
+            "model_gflops_6NT": 6 * n * med / 1e9,
+            "dropout": dropout,
+        }
+
+    main = measure(0.0)
+    print(f"ours sft step [16,128]: {main['tokens_per_s_median']:,.0f} tok/s", flush=True)
+    res = {"sft_step_16x128": main, "matmul_fp32_1024_ours": {"gflops_median": peak}}
+    if (
+        not a.smoke
+    ):  # the bare baseline's HF GPT2 trains with its default dropout 0.1: the same, for reference
+        res["sft_step_16x128_dropout01"] = measure(0.1)
+    return res
+
+
+def child_reward(a, common) -> dict:
+    import torch
+
+    import rlhf.stages.reward as reward_mod
+    from rlhf.config import OptimConfig, RewardConfig
+    from rlhf.models.gpt import GPTConfig
+
+    pairs = common.make_pairs(common.N_PAIRS, seed=0)
+    if a.smoke:
+        pairs = pairs[:64]
+    tmp = Path(tempfile.mkdtemp(prefix="rlhf_rm_bench_"))
+    data = tmp / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    clock = LoopClock(reward_mod)
+    counts = {"padded": 0, "nonpad": 0}
+    orig_pair_batch = reward_mod.pair_batch
+
+    def counting_pair_batch(chunk, pad_id):
+        ids, mask = orig_pair_batch(chunk, pad_id)
+        counts["padded"] += ids.numel()
+        counts["nonpad"] += int(mask.sum())
+        return ids, mask
+
+    reward_mod.pair_batch = counting_pair_batch
+
+    def run(out: Path, max_steps: int = 0) -> tuple[dict, float | None]:
+        cfg = RewardConfig(
+            out=out,
+            data=data,
+            model="gpt",
+            arch=GPTConfig(),
+            threads=a.threads,
+            progress=False,
+            optim=OptimConfig(lr=1e-4, weight_decay=0.0, warmup_steps=0, min_lr_ratio=0.0, grad_clip=1.0),
+            batch_size=16,
+            epochs=1.0,
+            max_steps=max_steps,
+            max_length=256,
+            eval_fraction=0.0,
+            log_every=8,
+            save_every=0,
+            seed=0,
+        )
+        counts.update(padded=0, nonpad=0)
+        summary = reward_mod.train_reward(cfg)
+        return summary, clock.seconds
+
+    try:
+        if not a.smoke:
+            run(tmp / "warmup", max_steps=4)
+        runs = []
+        for i in range(1 if a.smoke else a.repeats):
+            summary, loop_s = run(tmp / f"run{i}")
+            runs.append(
+                {
+                    "loop_seconds": loop_s,
+                    "summary_seconds": summary["seconds"],
+                    "steps": summary["steps"],
+                    "pairs": summary["n_train"],
+                    "tokens_padded": counts["padded"],
+                    "tokens_nonpad": counts["nonpad"],
+                }
+            )
+            print(
+                f"ours reward run {i}: loop {loop_s:.2f} s (stage summary {summary['seconds']} s)", flush=True
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    secs = [r["loop_seconds"] if r["loop_seconds"] is not None else r["summary_seconds"] for r in runs]
+    med = statistics.median(secs)
+    n = runs[0]["pairs"]
+    return {
+        "reward_ours": {
+            "pairs": n,
+            "optimizer_steps": runs[0]["steps"],
+            "train_seconds_median": med,
+            "train_seconds_repeats": secs,
+            "timed": "loop" if runs[0]["loop_seconds"] is not None else "stage summary seconds",
+            "summary_seconds_repeats": [r["summary_seconds"] for r in runs],
+            "pairs_per_s": n / med,
+            "collated_tokens_padded": runs[0]["tokens_padded"],
+            "collated_tokens_nonpad": runs[0]["tokens_nonpad"],
+            "nonpad_tokens_per_s": runs[0]["tokens_nonpad"] / med,
+            "padding_fraction": 1 - runs[0]["tokens_nonpad"] / runs[0]["tokens_padded"],
+            "threads": torch.get_num_threads(),
+        }
+    }
+
+
+def write_random_checkpoints(tmp: Path) -> tuple[Path, Path]:
+    """Random-init policy and reward checkpoints of the workload model, written with the project's own savers."""
+    import dataclasses
+
+    import torch
+
+    from rlhf.data.tokenizer import ByteTokenizer
+    from rlhf.models.build import gpt_backbone_spec, save_checkpoint, save_tokenizer
+    from rlhf.models.gpt import GPT, GPTConfig
+    from rlhf.models.heads import ScalarModel
+
+    tok, arch = ByteTokenizer(), GPTConfig()
+    spec = gpt_backbone_spec(arch)
+    sft_dir, rm_dir = tmp / "sft", tmp / "reward"
+    policy = workload_gpt(seed=0)
+    save_checkpoint(
+        sft_dir,
+        policy,
+        {"kind": "policy", "stage": "sft", "backbone": spec, "tokenizer": save_tokenizer(tok, sft_dir)},
+    )
+    torch.manual_seed(0)
+    rm = ScalarModel(GPT(dataclasses.replace(arch)), pooling="last")
+    save_checkpoint(
+        rm_dir,
+        rm,
+        {
+            "kind": "scalar",
+            "stage": "reward",
+            "backbone": spec,
+            "tokenizer": save_tokenizer(tok, rm_dir),
+            "pooling": "last",
+            "max_length": arch.block_size,
+        },
+    )
+    return sft_dir, rm_dir
+
+
+def child_ppo(a, common) -> dict:
+    import torch
+
+    import rlhf.stages.ppo as ppo_mod
+    from rlhf.config import OptimConfig, PPOConfig
+
+    peak = matmul_gflops(iters=5 if a.smoke else 50, repeats=2 if a.smoke else 5)
+    episodes = 32 if a.smoke else 256
+    tmp = Path(tempfile.mkdtemp(prefix="rlhf_ppo_bench_"))
+    sft_dir, rm_dir = write_random_checkpoints(tmp)
+    prompts_file = tmp / "prompts.jsonl"
+    prompts = common.make_prompts(common.N_PPO_PROMPTS, seed=1)
+    prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+
+    clock = LoopClock(ppo_mod)
+    acc: dict = {}
+    orig_sample, orig_update = ppo_mod.sample, ppo_mod.ppo_update
+
+    def timed_sample(*args, **kw):
+        t0 = time.perf_counter()
+        r = orig_sample(*args, **kw)
+        acc["sample_s"] += time.perf_counter() - t0
+        acc["decode_steps"].append(int(r.response_mask.sum(1).max()))
+        acc["eos_rows"] += int(r.finished.sum())
+        return r
+
+    def timed_update(model, opt, b, cfg, update):
+        t0 = time.perf_counter()
+        r = orig_update(model, opt, b, cfg, update)
+        acc["update_s"] += time.perf_counter() - t0
+        acc["tokens_padded"] += b.ids.numel() * cfg.ppo_epochs
+        acc["tokens_real"] += int(b.mask.sum()) * cfg.ppo_epochs
+        return r
+
+    ppo_mod.sample, ppo_mod.ppo_update = timed_sample, timed_update
+
+    def run(out: Path, n_episodes: int) -> dict:
+        acc.update(sample_s=0.0, update_s=0.0, tokens_padded=0, tokens_real=0, decode_steps=[], eos_rows=0)
+        cfg = PPOConfig(
+            out=out,
+            sft=sft_dir,
+            reward=rm_dir,
+            prompts=prompts_file,
+            threads=a.threads,
+            progress=False,
+            seed=0,
+            value_model="separate",
+            episodes=n_episodes,
+            rollout_batch=16,
+            mini_batches=1,
+            ppo_epochs=4,
+            response_length=NEW_TOKENS,
+            max_prompt_length=64,
+            temperature=1.0,
+            optim=OptimConfig(lr=3e-6, weight_decay=0.0, warmup_steps=0, min_lr_ratio=0.0, grad_clip=0.0),
+            value_lr_mult=1.0,
+            kl_coef=0.05,
+            kl_target=0.0,
+            kl_estimator="k1",
+            gamma=1.0,
+            lam=0.95,
+            cliprange=0.2,
+            cliprange_value=0.2,
+            vf_coef=0.1,
+            entropy_coef=0.0,
+            normalize_reward=False,
+            reward_clip=0.0,
+            whiten_rewards=False,
+            missing_eos_penalty=0.0,
+            reward_fn="model",
+            log_every=1,
+            save_every=0,
+        )
+        t0 = time.perf_counter()
+        summary = ppo_mod.train_ppo(cfg)
+        call_s = time.perf_counter() - t0
+        loop_s = clock.seconds
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        phases = {k: sum(r.get(f"time/{k}", 0.0) for r in rows) for k in ("generation", "scoring", "update")}
+        if loop_s is not None and loop_s < 0.99 * sum(phases.values()):
+            loop_s = None  # implausible (shorter than the phases it contains): use the stage's own time
+        return {
+            "episodes": summary["episodes"],
+            "updates": summary["updates"],
+            "loop_seconds": loop_s if loop_s is not None else summary["seconds"],
+            "timed": "loop" if loop_s is not None else "stage summary seconds (includes model loading)",
+            "summary_seconds": summary["seconds"],
+            "call_seconds": call_s,
+            "time_share": summary["time_share"],
+            "phase_seconds": phases,
+            "sample_seconds": acc["sample_s"],
+            "ppo_update_seconds": acc["update_s"],
+            "ppo_update_tokens_padded": acc["tokens_padded"],
+            "ppo_update_tokens_real": acc["tokens_real"],
+            "decode_steps_per_rollout": acc["decode_steps"],
+            "rows_with_eos": acc["eos_rows"],
+        }
+
+    try:
+        run(tmp / "warmup", 16 if a.smoke else 32)
+        runs = []
+        for i in range(1 if a.smoke else a.repeats):
+            r = run(tmp / f"run{i}", episodes)
+            runs.append(r)
+            print(
+                f"ours ppo run {i}: {r['episodes']} episodes in {r['loop_seconds']:.2f} s loop "
+                f"({r['episodes'] / r['loop_seconds']:.2f} episodes/s); time_share {r['time_share']}",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    med_run = sorted(runs, key=lambda r: r["loop_seconds"])[len(runs) // 2]
+    med = med_run["loop_seconds"]
+    from rlhf.models.heads import ScalarModel
+
+    # 6N counts every parameter once (tied lm_head included), as bench_torch_baseline.py does.
+    n_trained = workload_gpt().num_params() + sum(p.numel() for p in ScalarModel(workload_gpt()).parameters())
+    upd_s = med_run["ppo_update_seconds"]
+    return {
+        "ppo_ours": {
+            "episodes": med_run["episodes"],
+            "updates": med_run["updates"],
+            "train_seconds_median": med,
+            "train_seconds_repeats": [r["loop_seconds"] for r in runs],
+            "episodes_per_s_median": med_run["episodes"] / med,
+            "timed": med_run["timed"],
+            "runs": runs,
+            "median_run": runs.index(med_run),
+            "time_share": med_run["time_share"],
+            "params_policy_plus_value": n_trained,
+            "ppo_update_tokens_per_s_real": med_run["ppo_update_tokens_real"] / upd_s,
+            "ppo_update_tokens_per_s_padded": med_run["ppo_update_tokens_padded"] / upd_s,
+            "ppo_update_model_gflops_6NT_real": 6
+            * n_trained
+            * med_run["ppo_update_tokens_real"]
+            / upd_s
+            / 1e9,
+            "ppo_update_model_gflops_6NT_padded": 6
+            * n_trained
+            * med_run["ppo_update_tokens_padded"]
+            / upd_s
+            / 1e9,
+            "threads": torch.get_num_threads(),
+        },
+        "matmul_fp32_1024_ours": {"gflops_median": peak},
+    }
+
+
+CHILDREN = {"generate": child_generate, "sft": child_sft, "reward": child_reward, "ppo": child_ppo}
+
+
+def child_main(a) -> None:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    try:
+        torch.set_num_interop_threads(a.threads)
+    except RuntimeError:
+        pass
+    common = import_peer_common(a.peer_dir)
+    check_workload(common)
+    res = CHILDREN[a.child](a, common)
+    for name, obj in res.items():
+        emit(name, obj)
+    emit(f"peak_rss_{a.child}", {"mib": peak_rss_self_mib()})
+
+
+# ================================================================================================ the driver
+def run_process(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None, verbose=False):
+    """Run `cmd`, tee its output to `log`; returns (RESULT dict, wall seconds, peak RSS MiB, load before/after)."""
+    before, t0 = loadavg(), time.perf_counter()
+    with open(log, "w") as f:
+        p = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd, bufsize=1
+        )
+        lines = []
+        try:
+            for line in p.stdout:
+                f.write(line)
+                lines.append(line)
+                if verbose and not line.startswith("RESULT "):
+                    print("    | " + line.rstrip(), flush=True)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): never leave a benchmark running behind us
+            p.kill()
+            p.wait()
+            raise
+        p.stdout.close()
+        _, status, ru = os.wait4(p.pid, 0)  # this child's own peak RSS, not the max over all children
+        p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.stderr.write("".join(lines[-40:]))
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed (exit {p.returncode}); log: {log}")
+    return parse_results("".join(lines)), wall, ru.ru_maxrss / 1024, (before, loadavg())
+
+
+def fmt(x, spec=",.1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def ratio(ours, theirs) -> str:
+    return "n/a" if ours is None or not theirs else f"{ours / theirs:.2f}"
+
+
+def dig(d: dict, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trl-python", type=Path, default=os.environ.get("TRL_PYTHON"), help="TRL venv's python")
+    ap.add_argument("--skip-trl", action="store_true", help="only run ours (a dry run; no ratios)")
+    ap.add_argument("--peer-dir", type=Path, default=DEFAULT_PEER_DIR, help="the TRL peer harness directory")
+    ap.add_argument("--only", action="append", choices=BENCHES, help="run only these benchmarks (repeatable)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of PPO and reward, ours and TRL's")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for ours (the peer uses 2)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-compare-trl", help="result.json, logs")
+    ap.add_argument("--verbose", action="store_true", help="echo every subprocess's output")
+    ap.add_argument(
+        "--smoke", action="store_true", help=argparse.SUPPRESS
+    )  # tiny settings, to test the script
+    ap.add_argument("--child", choices=BENCHES, help=argparse.SUPPRESS)  # internal: run one of ours
+    a = ap.parse_args()
+    a.peer_dir = a.peer_dir.resolve()
+    if a.child:
+        child_main(a)
+        return
+    if not a.skip_trl and a.trl_python is None:
+        ap.error("--trl-python PATH is required to run the TRL peer scripts (or --skip-trl for ours only)")
+    if not (a.peer_dir / "common.py").exists():
+        ap.error(f"{a.peer_dir}: no common.py (the TRL peer harness); set --peer-dir")
+    benches = [b for b in BENCHES if b in (a.only or BENCHES)]
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    common = import_peer_common(a.peer_dir)
+    check_workload(common)
+    print(
+        f"compare_trl: {', '.join(benches)} | ours {a.threads} threads, repeats {a.repeats} | load {loadavg()}"
+    )
+    warn = busy_warning("start")
+    if warn:
+        print(warn)
+    start_load = loadavg()
+
+    ours: dict = {}
+    trl: dict = {}
+    rss: dict = {}
+    meta: dict = {}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so run_process can stop its child
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # logs stream (the peer scripts print without flushing)
+    peer_env = {**env, "BENCH_REPEATS": str(a.repeats), "TRL_EXPERIMENTAL_SILENCE": "1"}
+    if a.smoke:
+        peer_env.update(BENCH_REPEATS="1", BENCH_PPO_EPISODES="32")
+    for b in benches:
+        if not a.skip_trl:
+            script = a.peer_dir / PEER_SCRIPT[b]
+            print(f"[{b}] TRL: {a.trl_python} {script}", flush=True)
+            with tempfile.TemporaryDirectory(prefix="trl_bench_cwd_") as cwd:
+                res, wall, peak, loads = run_process(
+                    [str(a.trl_python), str(script)], a.out / f"trl_{b}.log", peer_env, Path(cwd), a.verbose
+                )
+            trl.update(res)
+            rss[f"trl_{b}"] = peak
+            meta[f"trl_{b}"] = {"wall_seconds": wall, "load_before": loads[0], "load_after": loads[1]}
+            print(f"[{b}] TRL done in {wall:.0f} s, peak RSS {peak:.0f} MiB, load {loads[0]} -> {loads[1]}")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", b, "--peer-dir", str(a.peer_dir)]
+        cmd += ["--threads", str(a.threads), "--repeats", str(a.repeats)] + (["--smoke"] if a.smoke else [])
+        print(f"[{b}] ours", flush=True)
+        res, wall, peak, loads = run_process(cmd, a.out / f"ours_{b}.log", env, ROOT, a.verbose)
+        ours.update(res)
+        rss[f"ours_{b}"] = peak
+        meta[f"ours_{b}"] = {"wall_seconds": wall, "load_before": loads[0], "load_after": loads[1]}
+        print(f"[{b}] ours done in {wall:.0f} s, peak RSS {peak:.0f} MiB, load {loads[0]} -> {loads[1]}")
+
+    report(a, benches, ours, trl, rss, meta, start_load)
+
+
+def report(a, benches, ours, trl, rss, meta, start_load) -> None:
+    rows = []  # (label, ours, theirs, unit)
+    r = {}
+    if "ppo" in benches:
+        o, t = (
+            dig(ours, "ppo_ours", "episodes_per_s_median"),
+            dig(trl, "ppo_summary", "episodes_per_s_median"),
+        )
+        rows.append(("PPO, 256 episodes (16 x 16, 32 tokens, 4 epochs)", o, t, "episodes/s"))
+        r["ppo"] = ratio(o, t)
+    if "reward" in benches:
+        o, t = dig(ours, "reward_ours", "pairs_per_s"), dig(trl, "reward_trainer_fp32", "pairs_per_s")
+        rows.append(("reward model, 1 epoch over 512 pairs, batch 16", o, t, "pairs/s"))
+        r["reward"] = ratio(o, t)
+    if "generate" in benches:
+        for bs, cache, _, _ in GEN_CASES:
+            key = f"generate_b{bs}_cache{int(cache)}"
+            o, t = dig(ours, key, "new_tokens_per_s"), dig(trl, key, "new_tokens_per_s")
+            rows.append(
+                (f"generate b{bs}{'' if cache else ' (no KV cache)'}, 32 new tokens", o, t, "new tok/s")
+            )
+            if cache and bs in (16, 64):
+                r[f"generate_b{bs}"] = ratio(o, t)
+    if "sft" in benches:
+        o = dig(ours, "sft_step_16x128", "tokens_per_s_median")
+        t = dig(trl, "torch_fwd_bwd_16x128", "tokens_per_s_median")
+        rows.append(("SFT step [16,128] (ours) vs bare PyTorch fwd+bwd", o, t, "tok/s"))
+        t2 = dig(trl, "torch_fwd_bwd_adamw_16x128", "tokens_per_s_median")
+        rows.append(("  ... vs bare fwd+bwd+AdamW step", o, t2, "tok/s"))
+        o2 = dig(ours, "sft_step_16x128_dropout01", "tokens_per_s_median")
+        if o2 is not None:
+            rows.append(("  ours with dropout 0.1 (the baseline's HF default) vs bare", o2, t, "tok/s"))
+        r["sft_vs_bare"] = ratio(o, t)
+
+    print()
+    print(f"{'figure':58s} {'ours':>11s} {'TRL/bare':>11s} {'ratio':>6s}  unit")
+    for label, o, t, unit in rows:
+        print(f"{label:58s} {fmt(o):>11s} {fmt(t):>11s} {ratio(o, t):>6s}  {unit}")
+
+    if "reward" in benches:
+        ro, rt = dig(ours, "reward_ours"), dig(trl, "reward_trainer_fp32")
+        for who, d in (("ours", ro), ("TRL", rt)):
+            if d:
+                print(
+                    f"reward tokens per epoch, {who}: {d['collated_tokens_nonpad']:,} real / "
+                    f"{d['collated_tokens_padded']:,} padded ({100 * d['padding_fraction']:.0f}% padding)"
+                )
+
+    print("\npeak RSS per run (MiB, each benchmark in its own process):")
+    for b in benches:
+        print(
+            f"  {b:9s} ours {fmt(rss.get(f'ours_{b}'), ',.0f'):>6s}   TRL script {fmt(rss.get(f'trl_{b}'), ',.0f'):>6s}"
+        )
+
+    if "ppo" in benches and "ppo_ours" in ours:
+        p = ours["ppo_ours"]
+        run = p["runs"][p["median_run"]]
+        print(f"\nours PPO time_share (train_ppo's summary): {p['time_share']}")
+        ph = run["phase_seconds"]
+        print(
+            f"  seconds: generation {ph['generation']:.2f} (sampling alone {run['sample_seconds']:.2f}), "
+            f"scoring {ph['scoring']:.2f}, update {ph['update']:.2f} (ppo_update alone "
+            f"{run['ppo_update_seconds']:.2f}); loop {run['loop_seconds']:.2f} s"
+        )
+        steps = run["decode_steps_per_rollout"]
+        print(
+            f"  decode steps per rollout: {min(steps)}..{max(steps)} (32 = never stopped early); "
+            f"rows with an EOS: {run['rows_with_eos']}/{run['episodes']}"
+        )
+        tf = dig(trl, "ppo_summary", "phase_fraction_median")
+        if tf:  # the peer's own order: generation, scoring, optimisation (and its parts), gc, other
+            order = [k for k in TRL_PHASES if k in tf] + sorted(k for k in tf if k not in TRL_PHASES)
+            print("TRL PPO phase share: " + ", ".join(f"{k.strip()} {100 * tf[k]:.1f}%" for k in order))
+
+    peak_src = "TRL's bench_torch_baseline"
+    peak = dig(trl, "matmul_fp32_1024", "gflops_median")
+    if peak is None:
+        peak_src = "ours, measured the same way"
+        peak = dig(ours, "matmul_fp32_1024_ours", "gflops_median")
+    if peak:
+        print(f"\nMFU = 6*N*tokens/s over the fp32 matmul peak {peak:.1f} GFLOP/s ({peak_src}):")
+        s = dig(ours, "sft_step_16x128")
+        if s:
+            mfu = s["model_gflops_6NT"] / peak
+            note = " (over 100%: the peak was measured while other jobs held the cores)" if mfu > 1 else ""
+            print(f"  ours SFT step [16,128]: {100 * mfu:.1f}%{note}")
+        bare = dig(trl, "torch_fwd_bwd_16x128", "mfu_vs_matmul")
+        if bare is not None:
+            print(f"  bare PyTorch fwd+bwd (TRL's script): {100 * bare:.1f}%")
+        p = dig(ours, "ppo_ours")
+        if p:
+            print(
+                f"  ours PPO update phase (policy + value, N={p['params_policy_plus_value']:,}): "
+                f"{100 * p['ppo_update_model_gflops_6NT_real'] / peak:.1f}% on real tokens "
+                f"({100 * p['ppo_update_model_gflops_6NT_padded'] / peak:.1f}% counting padding)"
+            )
+
+    end_load = loadavg()
+    print(f"\nload average: start {start_load} -> end {end_load}")
+    warn = busy_warning("end")
+    if warn:
+        print(warn)
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "benches": benches,
+        "threads_ours": a.threads,
+        "repeats": a.repeats,
+        "smoke": a.smoke,
+        "ours": ours,
+        "trl": trl,
+        "peak_rss_mib": rss,
+        "runs": meta,
+        "load_start": start_load,
+        "load_end": end_load,
+        "ratios": r,
+    }
+    (a.out / "result.json").write_text(json.dumps(result, indent=1))
+    print(f"results: {a.out / 'result.json'}")
+    names = ("ppo", "reward", "generate_b16", "generate_b64", "sft_vs_bare")
+    print("ratios vs TRL: " + " ".join(f"{k}={r.get(k, 'n/a')}" for k in names))
+
+
+if __name__ == "__main__":
+    main()
