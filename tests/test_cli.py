@@ -158,7 +158,7 @@ def test_config_precedence_defaults_file_flags(fmt, tmp_path):
 def test_reward_derived_defaults_follow_the_final_options(tmp_path):
     """Derived values (lr, epochs, max_length = 0 means 'auto') are computed from the final flags/file."""
     _, gpt = cli.parse(["reward"])
-    assert (gpt.optim.lr, gpt.epochs, gpt.max_length) == (3e-4, 3.0, gpt.arch.block_size)
+    assert (gpt.optim.lr, gpt.epochs, gpt.max_length) == (1e-3, 3.0, gpt.arch.block_size)
     _, hf = cli.parse(["reward", "--model", "minilm"])
     assert (hf.optim.lr, hf.epochs, hf.max_length) == (1e-4, 1.0, 128)
     _, small = cli.parse(["reward", "--arch.block-size", "64"])

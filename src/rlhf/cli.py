@@ -45,6 +45,29 @@ COMMANDS: dict[str, Command] = {
     "data validate": Command(
         C.DataValidateConfig, "rlhf.stages.data_validate:run_validate", "Check a data file"
     ),
+    # Experiments (docs/experiments.md): each wires the stages above and ends with a report.
+    "experiment length-hack": Command(
+        C.LengthHackConfig, "rlhf.experiments.length_hack:run", "PPO on len(response)/100, with/without KL"
+    ),
+    "experiment kl-sweep": Command(
+        C.KLSweepConfig, "rlhf.experiments.kl_sweep:run", "PPO at several KL betas: proxy, gold, KL"
+    ),
+    "experiment multi-objective": Command(
+        C.MultiObjectiveConfig,
+        "rlhf.experiments.multi_objective:run",
+        "Helpful + concise reward models vs helpful alone",
+    ),
+    "experiment pooling": Command(
+        C.PoolingConfig, "rlhf.experiments.pooling:run", "Reward model: last-token vs mean pooling"
+    ),
+    "experiment calibration": Command(
+        C.CalibrationConfig, "rlhf.experiments.calibration:run", "Reward margins + ECE: train vs unseen pairs"
+    ),
+    "experiment overoptimization": Command(
+        C.OverOptimizationConfig,
+        "rlhf.experiments.overoptimization:run",
+        "Gold and proxy reward against sqrt(KL)",
+    ),
 }
 
 
@@ -70,6 +93,9 @@ def _find_command(argv: list[str]) -> tuple[str, list[str]]:
         name = " ".join(argv[:n])
         if len(argv) >= n and name in COMMANDS:
             return name, argv[n:]
+    if argv[0] == "experiment":
+        names = ", ".join(k.split(" ", 1)[1] for k in COMMANDS if k.startswith("experiment "))
+        raise UserError(f"rlhf experiment needs a name: one of {names}")
     raise UserError(f"unknown command '{' '.join(argv[:2])}'; run `rlhf --help` for the list")
 
 

@@ -57,6 +57,9 @@ class TaskConfig:
     """Probability that a preference label is flipped (a reward model cannot reach 100%)."""
     length_bias: float = 0.0
     """Annotator bias toward longer answers (0 = none); for reward-hacking experiments."""
+    label_by: Literal["score", "helpful", "concise"] = "score"
+    """What annotators compare when labelling pairs: the whole gold score, or only its 'helpful' or 'concise'
+    part (reward models of a single objective)."""
 
 
 @dataclass
@@ -298,6 +301,10 @@ class PPOConfig(RunConfig):
     """SFT checkpoint: the policy's starting point and the frozen reference."""
     reward: Path = Path("runs/reward")
     """Reward model checkpoint (frozen)."""
+    extra_rewards: list[Path] = field(default_factory=list)
+    """More reward model checkpoints (frozen): the score becomes a weighted sum of all normalised scores."""
+    reward_weights: list[float] = field(default_factory=list)
+    """Weights of --reward and then each --extra-rewards (none = 1 each), e.g. 0.7 0.3."""
     prompts: Path | None = None
     """Prompt file (any schema with a prompt column); none = the built-in task's training prompts."""
     keys: DataKeys = field(default_factory=DataKeys)
@@ -421,6 +428,90 @@ class ReportConfig(RunConfig):
     """Run directory (e.g. the one `rlhf demo` wrote); report.html and plots/ go inside it."""
     out: Path = Path("runs/report")
     """Directory for summary.json (the path of the report)."""
+
+
+# ------------------------------------------------------------------------------------------------ experiments
+@dataclass
+class ExperimentConfig(RunConfig):
+    """Options every `rlhf experiment <name>` takes."""
+
+    out: Path = Path("runs/experiment")
+    """Experiment directory: summary.json, metrics/*.jsonl, plots/*.png, report.html, runs/<sub-run>/."""
+    quick: bool = False
+    """A small setting that finishes in under 2 minutes on 2 CPU cores and still shows the effect."""
+    sft: Path | None = None
+    """Reuse this SFT checkpoint instead of training one (none = train a small one first, under runs/sft)."""
+    episodes: int = 0
+    """PPO episodes per run (0 = the setting's: fewer with --quick)."""
+
+
+@dataclass
+class LengthHackConfig(ExperimentConfig):
+    """PPO against the flawed reward len(response)/100, with and without the KL leash: length vs gold score."""
+
+    out: Path = Path("runs/length-hack")
+    """Experiment directory."""
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.1])
+    """KL coefficients, one PPO run each (0 = no leash)."""
+
+
+@dataclass
+class KLSweepConfig(ExperimentConfig):
+    """PPO against one reward model at several KL coefficients: proxy reward, gold score and KL per beta."""
+
+    out: Path = Path("runs/kl-sweep")
+    """Experiment directory."""
+    betas: list[float] = field(default_factory=lambda: [0.001, 0.02, 0.5])
+    """KL coefficients, one PPO run each."""
+    reward: Path | None = None
+    """Reuse this reward model (none = train one from the SFT checkpoint)."""
+
+
+@dataclass
+class MultiObjectiveConfig(ExperimentConfig):
+    """Helpfulness and conciseness reward models combined, vs helpfulness alone: the verbosity trap."""
+
+    out: Path = Path("runs/multi-objective")
+    """Experiment directory."""
+    helpful_weight: float = 0.7
+    """Weight of the helpfulness reward model's normalised score in the combined reward."""
+    concise_weight: float = 0.3
+    """Weight of the conciseness reward model's normalised score in the combined reward."""
+
+
+@dataclass
+class PoolingConfig(ExperimentConfig):
+    """Reward model with last-token vs mean pooling: held-out accuracy and calibration (ECE)."""
+
+    out: Path = Path("runs/pooling")
+    """Experiment directory."""
+    data: Path | None = None
+    """Preference pairs file (e.g. HH-RLHF) instead of the built-in task."""
+    keys: DataKeys = field(default_factory=DataKeys)
+
+
+@dataclass
+class CalibrationConfig(ExperimentConfig):
+    """Reward-model margins and calibration on its training pairs vs unseen pairs, with a reliability diagram."""
+
+    out: Path = Path("runs/calibration")
+    """Experiment directory."""
+    reward: Path | None = None
+    """Reuse this reward model (trained on the built-in task with --seed; none = train one)."""
+
+
+@dataclass
+class OverOptimizationConfig(ExperimentConfig):
+    """A length-biased reward model optimised with a small beta: gold and proxy reward against sqrt(KL)."""
+
+    out: Path = Path("runs/overoptimization")
+    """Experiment directory."""
+    length_bias: float = 2.0
+    """Annotator length bias of the reward model's training pairs (the task's --task.length-bias)."""
+    kl_coef: float = 0.005
+    """PPO KL coefficient (small, so the policy travels far from the reference)."""
+    reward: Path | None = None
+    """Reuse this reward model (none = train one on length-biased pairs)."""
 
 
 # ------------------------------------------------------------------------------------------------ config files

@@ -2,6 +2,10 @@
 
 The report never trains or loads a model: it reads `summary.json`, `config.json` and `metrics.jsonl` files, draws
 plots with matplotlib (written to `RUN_DIR/plots/*.png` and embedded as base64), and writes tables.
+
+An experiment directory (`rlhf experiment <name>`: its summary.json names the experiment) has drawn its own
+figures: the report embeds every `plots/*.png` with its caption from summary.json, and shows the runs table, key
+figures, sample tables and the configs of the experiment and of each sub-run under `runs/`.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ def build_report(run_dir: Path) -> Path:
     parts = [f"<h1>rlhf run: {html.escape(str(run_dir))}</h1>"]
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if "experiment" in summary:
+        return _write_page(run_dir, _experiment_parts(run_dir, summary))
     if summary:
         flat = [{"figure": k, "value": v} for k, v in summary.items() if k not in ("samples", "reliability")]
         parts += ["<h2>Key figures</h2>", _table(flat, ["figure", "value"])]
@@ -109,10 +115,78 @@ def build_report(run_dir: Path) -> Path:
     samples = summary.get("samples") or []
     if samples:
         parts += ["<h2>Samples (held-out prompts)</h2>", _table(samples, list(samples[0].keys()))]
+    return _write_page(run_dir, (parts, n_figures))
+
+
+def _img(png: bytes, alt: str) -> str:
+    b64 = base64.b64encode(png).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _config_block(title: str, cfg: dict) -> str:
+    text = html.escape(json.dumps(cfg, indent=1))
+    return f"<details><summary>{html.escape(title)}</summary><pre>{text}</pre></details>"
+
+
+def _experiment_parts(run_dir: Path, summary: dict) -> tuple[list[str], int]:
+    """Page parts of an experiment directory: description, runs, key figures, every plot, samples, configs."""
+    name = str(summary["experiment"])
+    parts = [f"<h1>rlhf experiment: {html.escape(name)}</h1>"]
+    if summary.get("description"):
+        parts.append(f"<p>{html.escape(str(summary['description']))}</p>")
+    runs = summary.get("runs") or []
+    if runs:
+        keys = list(dict.fromkeys(k for r in runs for k in r))
+        parts += ["<h2>Runs</h2>", _table(runs, keys)]
+    skip = {
+        "experiment",
+        "description",
+        "runs",
+        "samples",
+        "plots",
+        "config",
+        "setting_values",
+        "curve",
+        "reliability",
+    }
+    flat = [{"figure": k, "value": v} for k, v in summary.items() if k not in skip]
+    parts += ["<h2>Key figures</h2>", _table(flat, ["figure", "value"])]
+    captions = summary.get("plots") or {}
+    pngs = sorted((run_dir / "plots").glob("*.png"))
+    # The captioned figures first, in the experiment's order, then any other PNG in plots/.
+    pngs.sort(key=lambda p: list(captions).index(p.name) if p.name in captions else len(captions))
+    if pngs:
+        parts.append("<h2>Figures</h2>")
+    for png in pngs:
+        caption = captions.get(png.name, "")
+        parts.append(
+            f"<figure>{_img(png.read_bytes(), png.stem)}"
+            f"<figcaption><b>{html.escape(png.name)}</b> {html.escape(caption)}</figcaption></figure>"
+        )
+    samples = summary.get("samples") or {}
+    if isinstance(samples, list):
+        samples = {"samples": samples}
+    for title, rows in samples.items():
+        if rows:
+            parts += [f"<h2>Samples: {html.escape(title)}</h2>", _table(rows, list(rows[0].keys()))]
+    parts.append("<h2>Configs</h2>")
+    if summary.get("config"):
+        parts.append(_config_block(f"experiment {name}", summary["config"]))
+    if summary.get("setting_values"):
+        parts.append(_config_block(f"setting: {summary.get('setting', '')}", summary["setting_values"]))
+    for cfg in sorted((run_dir / "runs").glob("*/config.json")):
+        parts.append(
+            _config_block(f"runs/{cfg.parent.name}", json.loads(cfg.read_text()).get("run_config", {}))
+        )
+    return parts, len(pngs)
+
+
+def _write_page(run_dir: Path, parts_and_count: tuple[list[str], int]) -> Path:
+    parts, n_figures = parts_and_count
     style = (
         "body{font-family:sans-serif;max-width:960px;margin:auto;padding:1em}table{border-collapse:collapse;"
         "margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:left}"
-        "img{max-width:100%}figure{display:inline-block;margin:4px}"
+        "img{max-width:100%}figure{display:inline-block;margin:4px}figcaption{font-size:13px;max-width:600px}"
     )
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf report</title><style>{style}</style>"

@@ -149,6 +149,12 @@ def score_responses(
     return s.clamp(-clip, clip) if clip > 0 else s
 
 
+def weighted_scores(parts: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """Multi-objective score sum_i w_i * s_i of several reward models' (normalised, clipped) scores, each (B,)."""
+    assert len(parts) == len(weights), f"{len(parts)} reward models but {len(weights)} weights"
+    return sum(w * s for w, s in zip(weights, parts))
+
+
 def per_token_rewards(
     scores: torch.Tensor, kl: torch.Tensor, response_mask: torch.Tensor, kl_coef: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,6 +193,22 @@ def train_ppo(cfg: PPOConfig) -> dict:
     ref.eval().requires_grad_(False)
     reward_model.eval().requires_grad_(False)
     norm = rm_cfg.get("reward_norm") if cfg.normalize_reward else None
+    # More reward models (multi-objective): each normalised with its own statistics, then a weighted sum.
+    extra_rms = []
+    for path in cfg.extra_rewards:
+        m, m_tok, m_cfg = load_scalar(path)
+        if type(m_tok) is not type(tok):
+            raise UserError(f"{path}: the reward model's tokenizer differs from the policy's ({cfg.sft})")
+        disable_dropout(m).eval().requires_grad_(False)
+        extra_rms.append((m, m_cfg.get("reward_norm") if cfg.normalize_reward else None))
+    rm_weights = list(cfg.reward_weights) or [1.0] * (1 + len(extra_rms))
+    if len(rm_weights) != 1 + len(extra_rms):
+        raise UserError(
+            f"--reward-weights has {len(rm_weights)} values for {1 + len(extra_rms)} reward models "
+            "(--reward, then each --extra-rewards)"
+        )
+    if extra_rms and cfg.reward_fn != "model":
+        raise UserError(f"--extra-rewards needs --reward-fn model, got --reward-fn {cfg.reward_fn}")
 
     # 3. Prompts: a pool reshuffled every pass [D12].
     pool, task = load_prompt_pool(cfg)
@@ -276,6 +298,10 @@ def train_ppo(cfg: PPOConfig) -> dict:
             scores = torch.tensor(gold)
         else:
             scores = score_responses(reward_model, ids, mask, norm, cfg.reward_clip)
+        parts = []
+        if cfg.reward_fn == "model" and (extra_rms or cfg.reward_weights):
+            parts = [scores] + [score_responses(m, ids, mask, n, cfg.reward_clip) for m, n in extra_rms]
+            scores = weighted_scores(parts, rm_weights)
         raw_scores = scores.clone()
         scores = scores - cfg.missing_eos_penalty * (~roll.finished).float()
         t2 = time.time()
@@ -326,6 +352,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
             row["val/explained_variance"] = float(explained_variance(values, returns, r_mask))
             if gold:
                 row["gold/score"] = sum(gold) / len(gold)
+            for i, part in enumerate(parts):  # each reward model's mean score, before weighting
+                row[f"objective/scores_{i}"] = float(part.mean())
             metrics.log(update, **row)
             bar.set_postfix(
                 kl=f"{mean_kl:.2f}",

@@ -63,7 +63,9 @@ def load_pair_data(cfg, split_user_file: bool) -> tuple[list[dict], list[dict], 
     """(train pairs, held-out pairs, task or None) as dicts with prompt/chosen/rejected/margin[/gold_agrees]."""
     if cfg.data is None:
         t = cfg.task
-        task = get_task(t.name, seed=cfg.seed, label_noise=t.label_noise, length_bias=t.length_bias)
+        task = get_task(
+            t.name, seed=cfg.seed, label_noise=t.label_noise, length_bias=t.length_bias, label_by=t.label_by
+        )
 
         def pairs(split: str, n: int) -> list[dict]:
             return [

@@ -38,6 +38,7 @@ _PADDINGS = ("{x}. Sure, hope this helps!", "{x}. Of course, glad to help!")
 _HEDGES = ("{x}, I think, but I am not sure.", "{x}? Maybe. I am not sure.")
 _JUNK = (" .", " ...", " ?", " -")  # no letter or digit: never an empty string, which data loaders may reject
 _MAX_PAIR_TRIES = 100
+LABEL_BY = ("score", "helpful", "concise")  # what the annotator compares: the gold score or one of its parts
 
 
 class InstructTask:
@@ -48,6 +49,9 @@ class InstructTask:
     `gold + length_bias * len_bytes / 100` (so at length_bias 1, 50 extra bytes are worth +0.5 gold),
     deterministically; then the label is flipped with probability `label_noise`. With both 0 the chosen
     response always has the higher gold score. `style_mix` maps styles to SFT sampling weights.
+    `label_by` picks what the annotator compares: the whole gold score ("score") or one part of it
+    ("helpful" or "concise", see `judge.components`), for reward models of a single objective. The pair's
+    `gold_chosen`/`gold_rejected` are always the whole gold score.
     """
 
     name = "instruct"
@@ -58,12 +62,16 @@ class InstructTask:
         label_noise: float = 0.1,
         length_bias: float = 0.0,
         style_mix: dict[str, float] | None = None,
+        label_by: str = "score",
     ):
         if not 0.0 <= label_noise <= 1.0:
             raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
         if length_bias < 0:
             raise ValueError(f"length_bias must be >= 0, got {length_bias}")
+        if label_by not in LABEL_BY:
+            raise ValueError(f"label_by must be one of {LABEL_BY}, got {label_by!r}")
         self.seed, self.label_noise, self.length_bias = seed, label_noise, length_bias
+        self.label_by = label_by
         self.style_mix = _normalised_mix(DEFAULT_STYLE_MIX if style_mix is None else style_mix)
 
     def prompts(self, n: int, split: str = "train") -> list[str]:
@@ -92,7 +100,8 @@ class InstructTask:
         """`n` labelled pairs: two responses to one prompt, styles drawn uniformly from `STYLES`.
 
         Keys: prompt, chosen, rejected, gold_chosen, gold_rejected, chosen_style, rejected_style and
-        clean_chosen_is_better (whether the gold judge agrees with the label after bias and noise).
+        clean_chosen_is_better (whether the compared value - the gold score, or the `label_by` part - agrees
+        with the label after bias and noise).
         """
         rng = self._rng("pairs", split)
         return [self._pair(rng, _sample_prompt(rng, split)) for _ in range(n)]
@@ -111,25 +120,34 @@ class InstructTask:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return random.Random(f"instruct:{self.seed}:{purpose}:{split}")
 
+    def label_value(self, prompt: str, response: str) -> float:
+        """What the annotator compares for `label_by`: the gold score or one of its parts."""
+        if self.label_by == "score":
+            return judge.score(prompt, response)
+        return judge.components(prompt, response)[self.label_by]
+
     def _pair(self, rng: random.Random, prompt: str) -> dict:
         for _ in range(_MAX_PAIR_TRIES):
             style_a, style_b = rng.choice(STYLES), rng.choice(STYLES)
             a, b = self.response(prompt, style_a, rng), self.response(prompt, style_b, rng)
-            gold_a, gold_b = judge.score(prompt, a), judge.score(prompt, b)
-            if gold_a != gold_b:  # a tie teaches nothing about which is better
+            label_a, label_b = self.label_value(prompt, a), self.label_value(prompt, b)
+            if label_a != label_b:  # a tie teaches nothing about which is better
                 break
         else:
-            raise RuntimeError(f"no pair with distinct gold scores for {prompt!r}")
-        a_first = self._annotate(a, gold_a, b, gold_b)
+            raise RuntimeError(f"no pair with distinct {self.label_by} values for {prompt!r}")
+        gold_a, gold_b = judge.score(prompt, a), judge.score(prompt, b)
+        a_first = self._annotate(a, label_a, b, label_b)
         if rng.random() < self.label_noise:
             a_first = not a_first
+        first, second = (a, gold_a, style_a, label_a), (b, gold_b, style_b, label_b)
         if not a_first:
-            a, gold_a, style_a, b, gold_b, style_b = b, gold_b, style_b, a, gold_a, style_a
+            first, second = second, first
+        (a, gold_a, style_a, label_a), (b, gold_b, style_b, label_b) = first, second
         return {
             "prompt": prompt,
             "chosen": a,
             "rejected": b,
-            "clean_chosen_is_better": gold_a > gold_b,
+            "clean_chosen_is_better": label_a > label_b,
             "gold_chosen": gold_a,
             "gold_rejected": gold_b,
             "chosen_style": style_a,
@@ -137,7 +155,10 @@ class InstructTask:
         }
 
     def _annotate(self, a: str, gold_a: float, b: str, gold_b: float) -> bool:
-        """Whether the (length-biased, noise-free) annotator prefers `a`; ties fall back to gold."""
+        """Whether the (length-biased, noise-free) annotator prefers `a`; ties fall back to gold.
+
+        `gold_*` are the values the annotator compares (`label_value`): the gold score unless `label_by` says.
+        """
         bias = self.length_bias * (len(a.encode()) - len(b.encode())) / 100
         utility = gold_a - gold_b + bias
         return utility > 0 if utility != 0 else gold_a > gold_b
