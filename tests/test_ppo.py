@@ -240,3 +240,47 @@ def test_length_reward_runs(tiny_sft, tiny_reward, tmp_path):
     rows = _finite_rows(out)
     # len(response text) / 100 with at most 8 bytes per response.
     assert all(0.0 <= r["objective/scores"] <= 0.08 + 1e-9 for r in rows)
+
+
+# ------------------------------------------------------------------------------- the update's two passes
+def test_concurrent_policy_and_value_passes_give_the_fused_loss_gradients():
+    """Separate policy and value models run their backward passes side by side (rlhf.concurrent) and the
+    policy's LM head reads only response positions; the gradients must equal those of the one summed loss."""
+    from rlhf.config import PPOConfig
+    from rlhf.models.gpt import GPT, GPTConfig
+    from rlhf.models.heads import ScalarModel
+    from rlhf.rl import logprobs_from_logits, ppo_policy_loss, ppo_value_loss
+    from rlhf.stages.ppo import Batch, PolicyValue, at_response, micro_batch_backward
+
+    torch.manual_seed(0)
+    arch = GPTConfig(n_layer=2, n_embd=32, n_head=2, block_size=32)
+    model = PolicyValue(GPT(arch), ScalarModel(GPT(arch)))
+    B, T, N = 4, 12, 5
+    ids = torch.randint(0, 256, (B, T))
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, -2:] = False  # right padding on one row
+    resp_pos = torch.arange(T - N - 2, T - 2).expand(B, N)
+    r_mask = torch.ones(B, N, dtype=torch.bool)
+    r_mask[1, -1] = False
+    old = torch.randn(B, N) - 3.0
+    b = Batch(ids, mask, resp_pos, r_mask, old, old, torch.randn(B, N), torch.randn(B, N), torch.randn(B, N))
+    cfg = PPOConfig(temperature=0.7, vf_coef=0.1)
+    rows = torch.tensor([2, 0, 3])
+
+    torch.set_num_threads(2)  # two threads: the passes really run concurrently
+    stats = micro_batch_backward(model, b, rows, 0.5, cfg)
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    logits, values_all = model(ids[rows], mask[rows])  # the fused reference: one loss, one backward
+    logprobs = logprobs_from_logits(at_response(logits, resp_pos[rows]), b.targets[rows], cfg.temperature)
+    pg, _ = ppo_policy_loss(logprobs, old[rows], b.advantages[rows], r_mask[rows], cfg.cliprange)
+    values = at_response(values_all, resp_pos[rows])
+    vf, _ = ppo_value_loss(values, b.values[rows], b.returns[rows], r_mask[rows], cfg.cliprange_value)
+    ((pg + cfg.vf_coef * vf) * 0.5).backward()
+    assert stats["pg"] == pytest.approx(float(pg.detach()), abs=1e-6) and stats["vf"] == pytest.approx(
+        float(vf.detach()), abs=1e-6
+    )
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, atol=1e-6, rtol=1e-5, msg=n)
+    assert torch.get_num_threads() == 2  # restored after the concurrent section

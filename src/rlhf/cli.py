@@ -45,6 +45,12 @@ COMMANDS: dict[str, Command] = {
     "data validate": Command(
         C.DataValidateConfig, "rlhf.stages.data_validate:run_validate", "Check a data file"
     ),
+    "export": Command(
+        C.ExportConfig, "rlhf.export:run_export", "A checkpoint as a Hugging Face model directory"
+    ),
+    "import-hf": Command(
+        C.ImportHFConfig, "rlhf.export:run_import", "A local Hugging Face GPT-2 as a built-in GPT policy"
+    ),
     # Experiments (docs/experiments.md): each wires the stages above and ends with a report.
     "experiment length-hack": Command(
         C.LengthHackConfig, "rlhf.experiments.length_hack:run", "PPO on len(response)/100, with/without KL"

@@ -41,6 +41,8 @@ class RunConfig:
     """CPU threads for PyTorch (0 = torch's default)."""
     progress: bool = True
     """Show a progress bar on long work."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where models run: 'auto' = a CUDA GPU when one is visible, else the CPU (under torchrun: GPU LOCAL_RANK)."""
 
 
 @dataclass
@@ -104,9 +106,27 @@ class OptimConfig:
     """Micro-batches accumulated per optimizer step."""
 
 
+@dataclass
+class TrainConfig(RunConfig):
+    """Options every training command (sft, reward, ppo) takes: LoRA, precision, memory, TensorBoard."""
+
+    lora_rank: int = 0
+    """LoRA rank r: train low-rank adapters instead of the full weights (0 = off; needs the `hf` extra)."""
+    lora_alpha: float = 0.0
+    """LoRA alpha: adapters are scaled by alpha / r (0 = 2 x rank)."""
+    lora_targets: list[str] = field(default_factory=list)
+    """Layer names to adapt, e.g. c_attn c_proj c_fc (none = every attention and MLP matrix of the architecture)."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """Forward precision: fp32, or bf16 autocast (weights, losses, log-probs and advantages stay float32)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of storing them (less memory, one more forward per step)."""
+    tensorboard: bool = False
+    """Also write the metrics to a TensorBoard event file under --out/tensorboard (needs the `tensorboard` extra)."""
+
+
 # ------------------------------------------------------------------------------------------------ commands
 @dataclass
-class SFTConfig(RunConfig):
+class SFTConfig(TrainConfig):
     """Stage 1: supervised fine-tuning, next-token loss on response tokens only."""
 
     out: Path = Path("runs/sft")
@@ -115,6 +135,8 @@ class SFTConfig(RunConfig):
     """SFT file (prompt/response) or pairs file (trains on chosen); none = the built-in task."""
     keys: DataKeys = field(default_factory=DataKeys)
     task: TaskConfig = field(default_factory=TaskConfig)
+    model: str = "gpt"
+    """Policy: 'gpt' (the built-in GPT: fresh of --arch, or --init's) or a local Hugging Face causal LM directory."""
     arch: GPTConfig = field(default_factory=GPTConfig)
     init: Path | None = None
     """Start from this checkpoint directory instead of random weights."""
@@ -181,7 +203,7 @@ class DataValidateConfig(RunConfig):
 
 
 @dataclass
-class RewardConfig(RunConfig):
+class RewardConfig(TrainConfig):
     """Stage 2: a reward model (transformer + scalar head) trained with the Bradley-Terry loss on preference pairs."""
 
     out: Path = Path("runs/reward")
@@ -292,7 +314,7 @@ class RewardEvalConfig(RunConfig):
 
 
 @dataclass
-class PPOConfig(RunConfig):
+class PPOConfig(TrainConfig):
     """Stage 3: PPO against the reward model with a per-token KL penalty to the frozen SFT reference."""
 
     out: Path = Path("runs/ppo")
@@ -429,6 +451,29 @@ class ReportConfig(RunConfig):
     """Run directory (e.g. the one `rlhf demo` wrote); report.html and plots/ go inside it."""
     out: Path = Path("runs/report")
     """Directory for summary.json (the path of the report)."""
+
+
+@dataclass
+class ExportConfig(RunConfig):
+    """Write a Hugging Face model directory from a checkpoint: a policy as GPT2LMHeadModel, a reward model as
+    GPT2ForSequenceClassification (or, on a Hugging Face trunk, the trunk plus a separate score head)."""
+
+    out: Path = Path("runs/export")
+    """Hugging Face model directory to write (replaces only an earlier export)."""
+    checkpoint: Path = Path("runs/sft")
+    """Checkpoint directory to export (SFT/PPO policy or reward model)."""
+    check: bool = True
+    """Load the written directory with transformers and compare its outputs with rlhf's before keeping it."""
+
+
+@dataclass
+class ImportHFConfig(RunConfig):
+    """Read a local Hugging Face GPT-2 directory into a built-in GPT policy checkpoint (for --init / --sft)."""
+
+    out: Path = Path("runs/import")
+    """Directory for the policy checkpoint and summary.json."""
+    model: Path = Path("gpt2")
+    """Local Hugging Face GPT-2 directory (config.json, *.safetensors, tokenizer files); never downloaded."""
 
 
 # ------------------------------------------------------------------------------------------------ experiments

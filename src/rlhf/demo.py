@@ -10,6 +10,7 @@ import time
 
 from rlhf.checkpoint import write_json
 from rlhf.config import CompareConfig, DemoConfig, PPOConfig, RewardConfig, SFTConfig, TaskConfig
+from rlhf.distributed import is_main, share
 from rlhf.eval.compare import format_table, run_compare
 from rlhf.eval.report import build_report
 from rlhf.stages.common import say, setup_run
@@ -21,7 +22,7 @@ from rlhf.stages.sft import train_sft
 def run_demo(cfg: DemoConfig) -> dict:
     out = setup_run(cfg)
     t0 = time.time()
-    common = {"seed": cfg.seed, "threads": cfg.threads, "progress": cfg.progress}
+    common = {"seed": cfg.seed, "threads": cfg.threads, "progress": cfg.progress, "device": cfg.device}
 
     sft_cfg = SFTConfig(out=out / "sft", epochs=cfg.sft_epochs, **common)
     sft_cfg.optim = dataclasses.replace(sft_cfg.optim, lr=cfg.sft_lr)
@@ -62,6 +63,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             **common,
         )
     )
+    if not is_main():  # under torchrun: the stages above trained on every rank; rank 0 writes the report
+        return share(None)
     summary = {
         **{k: v for k, v in cmp.items() if k != "samples"},
         "rm_accuracy": rm.get("accuracy"),
@@ -88,4 +91,4 @@ def run_demo(cfg: DemoConfig) -> dict:
         f"total {summary['seconds']['total']:.0f}s | outputs: {out}/ (summary.json, sft/, reward/, ppo/, compare/)"
     )
     print(f"report: {report}")
-    return summary
+    return share(summary)

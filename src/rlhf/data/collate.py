@@ -1,6 +1,7 @@
 """Tokenise examples and collate them into padded tensors (used by SFT, the reward model and PPO).
 
-Sequence layout: `[bos] + prompt + response + [eos]` (bos only when the tokenizer uses one).
+Sequence layout: `[bos] + prompt + response + [eos]` (bos only when the tokenizer uses one). The prompt goes
+through `tok.format_prompt` first (a Hugging Face chat template, when the tokenizer has one).
 Too-long sequences lose their OLDEST prompt tokens first: the response, and the final EOS whose hidden state
 the reward model reads, are what training needs, while the start of a long dialogue matters least.
 """
@@ -46,7 +47,7 @@ def encode_prompt_response(
     """
     bos = [tok.bos_id] if tok.add_bos else []
     eos = [tok.eos_id] if add_eos else []
-    prompt_ids, response_ids = tok.encode(prompt), tok.encode(response)
+    prompt_ids, response_ids = tok.encode(tok.format_prompt(prompt)), tok.encode(response)
     room = _room(max_length, len(bos) + len(eos))
     truncated = len(prompt_ids) + len(response_ids) > room
     if len(response_ids) > room:
@@ -59,7 +60,7 @@ def encode_prompt_response(
 def encode_prompt(tok: Tokenizer, prompt: str, max_prompt_length: int) -> tuple[list[int], bool]:
     """`[bos] + prompt` in at most `max_prompt_length` ids (oldest tokens dropped), and whether it was cut."""
     bos = [tok.bos_id] if tok.add_bos else []
-    ids = tok.encode(prompt)
+    ids = tok.encode(tok.format_prompt(prompt))
     room = _room(max_prompt_length, len(bos))
     return bos + ids[max(0, len(ids) - room) :], len(ids) > room
 
@@ -80,6 +81,22 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tupl
         ids[row, cols] = torch.as_tensor(list(seq), dtype=torch.long)
         mask[row, cols] = True
     return ids, mask
+
+
+def reencode(
+    tok: Tokenizer,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    finished: Sequence[bool],
+    max_length: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded `(ids, mask)` of prompt + response texts in another model's tokenizer (a reward model whose
+    vocabulary differs from the policy's). EOS only where the response ended with one, as the ids it replaces."""
+    enc = [
+        encode_prompt_response(tok, p, r, max_length, add_eos=bool(f))
+        for p, r, f in zip(prompts, responses, finished)
+    ]
+    return pad([e.ids for e in enc], tok.pad_id, side="right")
 
 
 def sft_batch(encoded: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

@@ -3,6 +3,10 @@
 `ByteTokenizer` is the built-in model's tokenizer: ids 0..255 are byte values, 256 <|pad|>, 257 <|bos|>,
 258 <|eos|> (the same ids as the TRL peer harness, so benchmarks run identical work).
 `HFTokenizer` adapts a Hugging Face tokenizer (optional extra `rlhf[hf]`) to the same interface.
+
+`format_prompt` is where a prompt becomes the text the model reads: unchanged for the byte tokenizer, wrapped in
+the chat template for a Hugging Face tokenizer that has one. Encoding (`rlhf.data.collate`) calls it, so no stage
+ever asks which tokenizer it holds.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
+    def format_prompt(self, prompt: str) -> str: ...
+
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens; decode skips special ids and replaces broken UTF-8 sequences."""
@@ -38,6 +44,9 @@ class ByteTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+    def format_prompt(self, prompt: str) -> str:
+        return prompt
 
 
 class HFTokenizer:
@@ -86,3 +95,30 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def format_prompt(self, prompt: str) -> str:
+        """The prompt as one user turn of the chat template, ready for the assistant's answer, when the tokenizer
+        has a template (chat/instruct models were trained on that layout); otherwise the prompt itself."""
+        if not getattr(self.tok, "chat_template", None):
+            return prompt
+        text = self.tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        bos = self.tok.bos_token
+        if self.add_bos and bos and text.startswith(bos):  # encode_prompt adds the BOS id itself
+            text = text[len(bos) :]
+        return text
+
+
+def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
+    """Do `a` and `b` turn the same text into the same ids (so one's ids can be fed to the other's model)?
+
+    False means text must be decoded and re-encoded between them (e.g. a GPT-2 policy and a BERT reward model).
+    """
+    if getattr(a, "name", None) != getattr(b, "name", None):
+        return False
+    if a.name == "byte":
+        return True
+    same_specials = (a.pad_id, a.bos_id, a.eos_id, a.add_bos) == (b.pad_id, b.bos_id, b.eos_id, b.add_bos)
+    same_template = getattr(a.tok, "chat_template", None) == getattr(b.tok, "chat_template", None)
+    return same_specials and same_template and a.tok.get_vocab() == b.tok.get_vocab()

@@ -16,11 +16,12 @@ from rlhf.checkpoint import write_json
 from rlhf.config import CompareConfig
 from rlhf.data.collate import encode_prompt, pad
 from rlhf.data.loader import load_prompts
+from rlhf.distributed import device, is_main, share
 from rlhf.generation import sample
 from rlhf.models.build import load_policy, load_scalar
 from rlhf.rl import logprobs_from_logits
 from rlhf.stages.common import say, setup_run
-from rlhf.stages.ppo import at_response, right_align, score_responses
+from rlhf.stages.ppo import RewardInputs, at_response, right_align, score_responses
 from rlhf.tasks import get_task
 
 
@@ -37,15 +38,28 @@ def bootstrap_ci(diffs: torch.Tensor, n_boot: int, seed: int, level: float = 0.9
 
 @torch.inference_mode()
 def rollout_eval(
-    policy, ref, reward_model, norm, tok, prompts: list[str], cfg: CompareConfig, seed: int, task
+    policy,
+    ref,
+    reward_model,
+    norm,
+    tok,
+    prompts: list[str],
+    cfg: CompareConfig,
+    seed: int,
+    task,
+    rm_inputs: RewardInputs | None = None,
 ):
-    """Sample from `policy`; per sample: text, gold, proxy score, KL to `ref` (sum of k1 over tokens), length."""
-    gen = torch.Generator().manual_seed(seed)
+    """Sample from `policy`; per sample: text, gold, proxy score, KL to `ref` (sum of k1 over tokens), length.
+
+    `rm_inputs` re-encodes the samples for a reward model with another vocabulary (none: it reads the ids)."""
+    dev = next(policy.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
     max_prompt = policy.cfg.block_size - cfg.response_length if hasattr(policy, "cfg") else 512
     rows = []
     for start in range(0, len(prompts), 64):
         chunk = prompts[start : start + 64]
         p_ids, p_mask = pad([encode_prompt(tok, p, max_prompt)[0] for p in chunk], tok.pad_id, side="left")
+        p_ids, p_mask = p_ids.to(dev), p_mask.to(dev)
         r = sample(
             policy, p_ids, p_mask, cfg.response_length, tok.eos_id, tok.pad_id, cfg.temperature, generator=gen
         )
@@ -54,9 +68,11 @@ def rollout_eval(
         lp = logprobs_from_logits(at_response(policy(ids, mask), resp_pos), targets, cfg.temperature)
         lp_ref = logprobs_from_logits(at_response(ref(ids, mask), resp_pos), targets, cfg.temperature)
         kl = ((lp - lp_ref) * r.response_mask).sum(1)
-        proxy = score_responses(reward_model, ids, mask, norm, 0.0)
+        texts = [tok.decode(row[m].tolist()) for row, m in zip(r.response_ids, r.response_mask)]
+        rm_ids, rm_mask = rm_inputs(ids, mask, chunk, texts, r.finished) if rm_inputs else (ids, mask)
+        proxy = score_responses(reward_model, rm_ids, rm_mask, norm, 0.0)
         for j, p in enumerate(chunk):
-            text = tok.decode(r.response_ids[j][r.response_mask[j]].tolist())
+            text = texts[j]
             fin = bool(r.finished[j])
             rows.append(
                 {
@@ -74,11 +90,15 @@ def rollout_eval(
 
 def run_compare(cfg: CompareConfig) -> dict:
     out = setup_run(cfg)
+    # Under torchrun (e.g. inside `rlhf demo`) rank 0 compares; the others wait for its summary.
+    if not is_main():
+        return share(None)
     sft, tok, _ = load_policy(cfg.sft)
     ppo, _, _ = load_policy(cfg.policy)
-    reward_model, _, rm_cfg = load_scalar(cfg.reward)
+    reward_model, rm_tok, rm_cfg = load_scalar(cfg.reward)
+    rm_inputs = RewardInputs(tok, rm_tok, rm_cfg)
     for m in (sft, ppo, reward_model):
-        m.eval()
+        m.to(device()).eval()
     norm = rm_cfg.get("reward_norm")
     task = get_task("instruct", seed=cfg.seed)
     if cfg.prompts is None:
@@ -89,8 +109,12 @@ def run_compare(cfg: CompareConfig) -> dict:
         task = None
     prompts_rep = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     # The same seed for both policies: differences come from the weights, not the dice.
-    rows_sft = rollout_eval(sft, sft, reward_model, norm, tok, prompts_rep, cfg, cfg.seed + 1, task)
-    rows_ppo = rollout_eval(ppo, sft, reward_model, norm, tok, prompts_rep, cfg, cfg.seed + 1, task)
+    rows_sft = rollout_eval(
+        sft, sft, reward_model, norm, tok, prompts_rep, cfg, cfg.seed + 1, task, rm_inputs
+    )
+    rows_ppo = rollout_eval(
+        ppo, sft, reward_model, norm, tok, prompts_rep, cfg, cfg.seed + 1, task, rm_inputs
+    )
 
     def mean(rows, key):
         return sum(r[key] for r in rows) / len(rows)
@@ -141,7 +165,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     write_json(out / "summary.json", summary)
     say(format_table(summary))
     print(f"outputs: {out}/summary.json")
-    return summary
+    return share(summary)
 
 
 def format_table(s: dict) -> str:

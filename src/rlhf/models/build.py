@@ -1,8 +1,9 @@
 """Build models and tokenizers from a checkpoint's `config.json`, so each stage reads its parent by path alone.
 
-A checkpoint config names its backbone (`{"type": "gpt", "arch": {...}}` for the built-in GPT) and its
-tokenizer (`{"type": "byte"}`), plus `kind` ("policy" or "scalar"), and for scalar models the `pooling` and the
-reward normalisation. Everything that rebuilds a model from disk goes through here.
+A checkpoint config names its backbone (`{"type": "gpt", "arch": {...}}` for the built-in GPT, `{"type": "hf",
+"config": {...}}` for a Hugging Face trunk, `{"type": "hf_causal", "config": {...}}` for a Hugging Face causal LM)
+and its tokenizer (`{"type": "byte"}`), plus `kind` ("policy" or "scalar"), and for scalar models the `pooling`
+and the reward normalisation. Everything that rebuilds a model from disk goes through here.
 """
 
 from __future__ import annotations
@@ -44,13 +45,17 @@ def gpt_backbone_spec(cfg: GPTConfig) -> dict:
 
 
 def build_backbone(spec: dict) -> nn.Module:
-    """An untrained backbone (GPT) from its spec; weights are loaded by the caller."""
+    """An untrained backbone (GPT, HF trunk or HF causal LM) from its spec; weights are loaded by the caller."""
     if spec["type"] == "gpt":
         return GPT(GPTConfig(**spec["arch"]))
     if spec["type"] == "hf":
         from rlhf.models.hf import build_hf_backbone
 
         return build_hf_backbone(spec)
+    if spec["type"] == "hf_causal":
+        from rlhf.models.hf import build_hf_causal_lm
+
+        return build_hf_causal_lm(spec)
     raise UserError(f"unknown backbone type {spec['type']!r} in checkpoint config")
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -125,6 +126,7 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
+        self.grad_checkpointing = False  # a run-time switch, not architecture: not in GPTConfig
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
@@ -188,7 +190,11 @@ class GPT(nn.Module):
             attn_mask = self._attn_mask(real, cache)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, attn_mask, cache, i)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                # Keep only each block's input; its activations are recomputed in backward.
+                x = checkpoint(block, x, attn_mask, cache, i, use_reentrant=False)
+            else:
+                x = block(x, attn_mask, cache, i)
         if cache is not None:
             cache.length += T
             cache.next_pos = pos[:, -1] + real[:, -1].long()
@@ -224,6 +230,10 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Next-token logits (B, T, vocab)."""
         return self.lm_head(self.hidden(idx, attention_mask, cache))
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute block activations in backward instead of storing them (training only; same name as HF's)."""
+        self.grad_checkpointing = True
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         p = self.lm_head.weight

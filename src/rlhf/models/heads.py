@@ -40,6 +40,9 @@ class ScalarModel(nn.Module):
         self.pooling = pooling
         self.head = scalar_head(trunk.hidden_size)
 
+    def gradient_checkpointing_enable(self) -> None:
+        self.trunk.gradient_checkpointing_enable()
+
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per-token scalars (B, T) (the value model reads these)."""
         return self.head(self.trunk.hidden(ids, attention_mask)).squeeze(-1)

@@ -5,6 +5,7 @@ No base classes: each stage reads top to bottom and calls these.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -26,15 +27,22 @@ from rlhf.checkpoint import (
     set_rng_state,
     split_prefixed,
 )
-from rlhf.config import OptimConfig, RunConfig
+from rlhf.config import OptimConfig, RunConfig, TrainConfig
 from rlhf.data.collate import encode_prompt, pad
 from rlhf.data.tokenizer import Tokenizer
+from rlhf.distributed import init as init_distributed
+from rlhf.distributed import is_main
 from rlhf.generation import sample
 from rlhf.models.build import load_state
 
 
 def setup_run(cfg: RunConfig) -> Path:
-    """Seed every RNG, set CPU threads, create the output directory."""
+    """Seed every RNG, set CPU threads, create the output directory, join torchrun's processes (if launched by
+    torchrun) and pick the device (`rlhf.distributed.device()`).
+
+    Every rank gets the same seed, so fresh models start identical on every process.
+    """
+    init_distributed(cfg.device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -58,6 +66,28 @@ def json_ready(obj):
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def adapt_for_training(model: nn.Module, cfg: TrainConfig) -> dict | None:
+    """--gradient-checkpointing and --lora-rank applied to `model` in place; the LoRA spec for config.json, or None.
+
+    Pass a reward/value model's trunk rather than the whole model, so its scalar head stays fully trained.
+    """
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora_rank <= 0:
+        return None
+    from rlhf.models.lora import apply_lora
+
+    return apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+
+
+def autocast(dtype: str, device: torch.device | str = "cpu"):
+    """The context for a forward pass at --dtype: bf16 autocast (matmuls in bfloat16, weights kept float32), or
+    nothing for fp32. Losses, log-probs and advantages are computed from `.float()` outputs, outside it."""
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 def make_optimizer(
@@ -105,13 +135,19 @@ def clip_grads(model: nn.Module, max_norm: float) -> float:
 
 def progress(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
     return tqdm(
-        total=total, desc=desc, initial=initial, disable=not enabled, file=sys.stderr, dynamic_ncols=True
+        total=total,
+        desc=desc,
+        initial=initial,
+        disable=not (enabled and is_main()),  # one bar, from rank 0, under torchrun
+        file=sys.stderr,
+        dynamic_ncols=True,
     )
 
 
 def say(msg: str) -> None:
-    """Status lines go to stderr so stdout stays clean for the final table / JSON."""
-    print(msg, file=sys.stderr, flush=True)
+    """Status lines go to stderr so stdout stays clean for the final table / JSON (rank 0 only under torchrun)."""
+    if is_main():
+        print(msg, file=sys.stderr, flush=True)
 
 
 @torch.inference_mode()
@@ -128,13 +164,15 @@ def generate_texts(
     top_p: float = 1.0,
 ) -> list[dict]:
     """Sample one response per prompt; each result has `text`, `finished` (EOS produced) and `n_tokens`."""
-    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
         ids, mask = pad([encode_prompt(tok, p, max_prompt_length)[0] for p in chunk], tok.pad_id, side="left")
+        ids, mask = ids.to(device), mask.to(device)
         r = sample(model, ids, mask, max_new_tokens, tok.eos_id, tok.pad_id, temperature, top_k, top_p, gen)
         for row, m, fin in zip(r.response_ids, r.response_mask, r.finished):
             toks = row[m].tolist()

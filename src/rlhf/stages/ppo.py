@@ -16,14 +16,29 @@ import torch
 import torch.nn as nn
 
 from rlhf.checkpoint import write_json
+from rlhf.concurrent import run_concurrently
 from rlhf.config import PPOConfig
-from rlhf.data.collate import encode_prompt, pad
+from rlhf.data.collate import encode_prompt, pad, reencode
 from rlhf.data.loader import load_prompts
+from rlhf.data.tokenizer import Tokenizer, same_vocabulary
+from rlhf.distributed import (
+    all_reduce_mean,
+    device,
+    is_main,
+    masked_whiten_global,
+    rank,
+    reduce_metrics,
+    shard,
+    share,
+    world,
+    wrap_ddp,
+)
 from rlhf.errors import UserError
 from rlhf.generation import sample
 from rlhf.metrics import MetricsWriter
-from rlhf.models.build import disable_dropout, load_policy, load_scalar, save_checkpoint
+from rlhf.models.build import disable_dropout, load_policy, load_scalar, save_checkpoint, save_tokenizer
 from rlhf.models.heads import ScalarModel, last_token_index, scalar_head
+from rlhf.models.lora import AdapterDisabledReference, merge_lora
 from rlhf.rl import (
     AdaptiveKLController,
     FixedKLController,
@@ -34,11 +49,12 @@ from rlhf.rl import (
     kl_penalty,
     logprobs_from_logits,
     masked_mean,
-    masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
 )
 from rlhf.stages.common import (
+    adapt_for_training,
+    autocast,
     clip_grads,
     config_dict,
     lr_factor,
@@ -67,6 +83,11 @@ class Batch:
     advantages: torch.Tensor  # (B, N)
     returns: torch.Tensor  # (B, N)
 
+    @property
+    def targets(self) -> torch.Tensor:
+        """(B, N) the response token ids (what the log-probs are of)."""
+        return self.ids.gather(1, self.resp_pos.clamp(max=self.ids.size(1) - 1))
+
 
 class PolicyValue(nn.Module):
     """Policy and value model behind one call, so the update never asks which layout is in use.
@@ -89,6 +110,11 @@ class PolicyValue(nn.Module):
         h = self.policy.hidden(ids, mask)
         return self.policy.lm_head(h), self.value_head(h).squeeze(-1)
 
+    def policy_logits(self, ids: torch.Tensor, mask: torch.Tensor, resp_pos: torch.Tensor) -> torch.Tensor:
+        """Policy logits (B, N, V) at the positions predicting each response token: the LM head reads only those
+        (the prompt's logits are never used), which saves a (B, T, V) matmul and its backward."""
+        return self.policy.lm_head(at_response(self.policy.hidden(ids, mask), resp_pos))
+
 
 def right_align(
     p_ids: torch.Tensor, p_mask: torch.Tensor, r_ids: torch.Tensor, r_mask: torch.Tensor, pad_id: int
@@ -103,13 +129,14 @@ def right_align(
     N = r_ids.size(1)
     n_prompt = p_mask.long().sum(1)  # (B,)
     full, full_mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask.bool(), r_mask.bool()], 1)
-    cols = torch.arange(P + N).unsqueeze(0) + (P - n_prompt).unsqueeze(1)  # (B, P+N) source column per target
+    # (B, P+N) source column per target column
+    cols = torch.arange(P + N, device=p_ids.device).unsqueeze(0) + (P - n_prompt).unsqueeze(1)
     inside = cols < P + N
     cols = cols.clamp(max=P + N - 1)
     ids = full.gather(1, cols).masked_fill(~inside, pad_id)
     mask = full_mask.gather(1, cols) & inside
     width = int(mask.long().sum(1).max())
-    resp_pos = n_prompt.unsqueeze(1) + torch.arange(N).unsqueeze(0)  # (B, N)
+    resp_pos = n_prompt.unsqueeze(1) + torch.arange(N, device=p_ids.device).unsqueeze(0)  # (B, N)
     return ids[:, :width], mask[:, :width], resp_pos
 
 
@@ -149,6 +176,28 @@ def score_responses(
     return s.clamp(-clip, clip) if clip > 0 else s
 
 
+class RewardInputs:
+    """How one reward model reads a rollout: the policy's own ids when both share a vocabulary, else the prompt and
+    response texts re-encoded with the reward model's tokenizer (e.g. a BERT reward model for a GPT-2 policy)."""
+
+    def __init__(self, policy_tok: Tokenizer, rm_tok: Tokenizer, rm_cfg: dict):
+        self.tok = None if same_vocabulary(policy_tok, rm_tok) else rm_tok
+        self.max_length = int(rm_cfg.get("max_length") or 512)
+
+    def __call__(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        prompts: list[str],
+        texts: list[str],
+        finished: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.tok is None:
+            return ids, mask
+        r_ids, r_mask = reencode(self.tok, prompts, texts, finished.tolist(), self.max_length)
+        return r_ids.to(ids.device), r_mask.to(ids.device)
+
+
 def weighted_scores(parts: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     """Multi-objective score sum_i w_i * s_i of several reward models' (normalised, clipped) scores, each (B,)."""
     assert len(parts) == len(weights), f"{len(parts)} reward models but {len(weights)} weights"
@@ -165,42 +214,54 @@ def per_token_rewards(
     non_score = -kl_coef * kl * response_mask
     rewards = non_score.clone()
     last = last_token_index(response_mask)  # (B,) the EOS, or the last token when there is none
-    rewards[torch.arange(len(scores)), last] += scores
+    rewards[torch.arange(len(scores), device=scores.device), last] += scores
     return rewards, non_score
 
 
 def train_ppo(cfg: PPOConfig) -> dict:
-    # 1. Set-up.
+    # 1. Set-up (under torchrun: the process group and this rank's device).
     out = setup_run(cfg)
+    dev = device()
     t_start = time.time()
 
     # 2. Models [D3]: policy from SFT, a frozen reference copy, a frozen reward model, a value model from the reward
     #    model ('separate') or a head on the policy trunk ('shared'). Dropout off everywhere [D2].
+    #    A reward model with another vocabulary (a BERT RM for a GPT-2 policy) reads the rollout re-encoded
+    #    (RewardInputs); the value model must read the policy's tokens, so it then starts from the SFT trunk.
+    #    LoRA (--lora-rank): adapters on the policy (and value trunk); the reference is the policy with its
+    #    adapters disabled - no second copy in memory.
     policy, tok, sft_cfg = load_policy(cfg.sft)
-    ref, _, _ = load_policy(cfg.sft)
     reward_model, rm_tok, rm_cfg = load_scalar(cfg.reward)
-    if cfg.reward_fn == "model" and type(rm_tok) is not type(tok):
-        raise UserError(
-            f"{cfg.reward}: the reward model's tokenizer differs from the policy's ({cfg.sft}); "
-            "train the reward model with --init from the SFT checkpoint"
-        )
+    rm_inputs = RewardInputs(tok, rm_tok, rm_cfg)
     value = None
-    if cfg.value_model == "separate":
+    if cfg.value_model == "separate" and rm_inputs.tok is None:
         value, _, _ = load_scalar(cfg.reward)
+    elif cfg.value_model == "separate":
+        say(
+            f"ppo: {cfg.reward} has another vocabulary than the policy: value model from {cfg.sft}, fresh head"
+        )
+        value = ScalarModel(load_policy(cfg.sft)[0])
+    lora = adapt_for_training(policy, cfg)
+    if value is not None:
+        adapt_for_training(value.trunk, cfg)
+    if lora is not None:
+        ref = AdapterDisabledReference(policy)
+    else:
+        ref, _, _ = load_policy(cfg.sft)
+        disable_dropout(ref).to(dev).eval().requires_grad_(False)
     model = PolicyValue(policy, value)
-    for m in (model, ref, reward_model):
-        disable_dropout(m)
-    ref.eval().requires_grad_(False)
+    for m in (model, reward_model):
+        disable_dropout(m).to(dev)
     reward_model.eval().requires_grad_(False)
     norm = rm_cfg.get("reward_norm") if cfg.normalize_reward else None
     # More reward models (multi-objective): each normalised with its own statistics, then a weighted sum.
     extra_rms = []
     for path in cfg.extra_rewards:
         m, m_tok, m_cfg = load_scalar(path)
-        if type(m_tok) is not type(tok):
-            raise UserError(f"{path}: the reward model's tokenizer differs from the policy's ({cfg.sft})")
-        disable_dropout(m).eval().requires_grad_(False)
-        extra_rms.append((m, m_cfg.get("reward_norm") if cfg.normalize_reward else None))
+        disable_dropout(m).to(dev).eval().requires_grad_(False)
+        extra_rms.append(
+            (m, m_cfg.get("reward_norm") if cfg.normalize_reward else None, RewardInputs(tok, m_tok, m_cfg))
+        )
     rm_weights = list(cfg.reward_weights) or [1.0] * (1 + len(extra_rms))
     if len(rm_weights) != 1 + len(extra_rms):
         raise UserError(
@@ -221,7 +282,11 @@ def train_ppo(cfg: PPOConfig) -> dict:
     enc_prompts = [encode_prompt(tok, p, max_prompt) for p in pool]
     n_prompt_truncated = sum(t for _, t in enc_prompts)
     n_updates = max(1, cfg.episodes // cfg.rollout_batch)
-    assert cfg.rollout_batch % cfg.mini_batches == 0, "--rollout-batch must be divisible by --mini-batches"
+    if cfg.rollout_batch % (cfg.mini_batches * world()):
+        raise UserError(
+            f"--rollout-batch {cfg.rollout_batch} must be divisible by --mini-batches {cfg.mini_batches}"
+            + (f" x {world()} processes (each samples rollout-batch / processes)" if world() > 1 else "")
+        )
     say(
         f"ppo: {len(pool)} prompts ({n_prompt_truncated} truncated), {n_updates} updates x {cfg.rollout_batch} episodes"
     )
@@ -255,8 +320,15 @@ def train_ppo(cfg: PPOConfig) -> dict:
         update, extra = restored
         kl_ctl.load_state_dict(extra["kl_ctl"])
         say(f"ppo: resumed at update {update}")
-    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=update if restored is not None else None)
+    metrics = MetricsWriter(
+        out / "metrics.jsonl",
+        resume_step=update if restored is not None else None,
+        tensorboard=cfg.tensorboard,
+    )
 
+    # Under torchrun every rank samples, scores and trains on its share of each global rollout batch; the PPO
+    # update runs through DDP (gradients averaged), generation through the unwrapped policy.
+    train_model = wrap_ddp(model)
     bar = progress(n_updates, "ppo", cfg.progress, initial=update)
     timing = {"generation": 0.0, "scoring": 0.0, "update": 0.0}
     kl_history = []
@@ -264,22 +336,33 @@ def train_ppo(cfg: PPOConfig) -> dict:
         t0 = time.time()
         lr = cfg.optim.lr * lr_factor(update, n_updates, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
         set_lr(opt, lr)
-        idx = prompt_batch(update)
+        idx, _ = shard(prompt_batch(update))  # this rank's prompts of the global rollout batch
         prompts = [pool[i] for i in idx]
         p_ids, p_mask = pad([enc_prompts[i][0] for i in idx], tok.pad_id, side="left")
+        p_ids, p_mask = p_ids.to(dev), p_mask.to(dev)
 
         # 6. Rollout [D1]: sample with the KV cache at temperature T; fixed token budget, pad after the first EOS.
         model.eval()
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + update)
-        roll = sample(
-            policy, p_ids, p_mask, cfg.response_length, tok.eos_id, tok.pad_id, cfg.temperature, generator=gen
-        )
+        # One stream per (seed, update, rank): ranks sample independently; one process keeps its old seeds.
+        gen = torch.Generator(device=dev).manual_seed((cfg.seed * 1_000_003 + update) * world() + rank())
+        with autocast(cfg.dtype, dev):
+            roll = sample(
+                policy,
+                p_ids,
+                p_mask,
+                cfg.response_length,
+                tok.eos_id,
+                tok.pad_id,
+                cfg.temperature,
+                generator=gen,
+            )
         r_mask = roll.response_mask
         ids, mask, resp_pos = right_align(p_ids, p_mask, roll.response_ids, r_mask, tok.pad_id)
         t1 = time.time()
 
         # 7. Log-probs of policy and reference recomputed at the sampling temperature [D4], values [D3].
-        with torch.inference_mode():
+        #    (--dtype bf16: forwards autocast; log-probs, entropies and values are computed in float32.)
+        with torch.inference_mode(), autocast(cfg.dtype, dev):
             logits, values_all = model(ids, mask)
             logprobs = response_logprobs(logits, ids, resp_pos, cfg.temperature)
             ref_logprobs = response_logprobs(ref(ids, mask), ids, resp_pos, cfg.temperature)
@@ -291,16 +374,20 @@ def train_ppo(cfg: PPOConfig) -> dict:
         texts = [tok.decode(row[m].tolist()) for row, m in zip(roll.response_ids, r_mask)]
         gold = [task.score(p, t, bool(f)) for p, t, f in zip(prompts, texts, roll.finished)] if task else []
         if cfg.reward_fn == "length":
-            scores = torch.tensor([len(t) / 100 for t in texts])
+            scores = torch.tensor([len(t) / 100 for t in texts], device=dev)
         elif cfg.reward_fn == "gold":
             if task is None:
                 raise UserError("--reward-fn gold needs the built-in task (no --prompts file)")
-            scores = torch.tensor(gold)
+            scores = torch.tensor(gold, device=dev)
         else:
-            scores = score_responses(reward_model, ids, mask, norm, cfg.reward_clip)
+            rm_ids, rm_mask = rm_inputs(ids, mask, prompts, texts, roll.finished)
+            scores = score_responses(reward_model, rm_ids, rm_mask, norm, cfg.reward_clip)
         parts = []
         if cfg.reward_fn == "model" and (extra_rms or cfg.reward_weights):
-            parts = [scores] + [score_responses(m, ids, mask, n, cfg.reward_clip) for m, n in extra_rms]
+            parts = [scores] + [
+                score_responses(m, *inputs(ids, mask, prompts, texts, roll.finished), n, cfg.reward_clip)
+                for m, n, inputs in extra_rms
+            ]
             scores = weighted_scores(parts, rm_weights)
         raw_scores = scores.clone()
         scores = scores - cfg.missing_eos_penalty * (~roll.finished).float()
@@ -310,20 +397,21 @@ def train_ppo(cfg: PPOConfig) -> dict:
         kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * r_mask
         rewards, non_score = per_token_rewards(scores, kl, r_mask, kl_ctl.value)
         if cfg.whiten_rewards:
-            rewards = masked_whiten(rewards, r_mask, shift_mean=False)
+            rewards = masked_whiten_global(rewards, r_mask, shift_mean=False)
 
-        # 10. GAE(gamma, lambda) [D11], advantages whitened over the batch's real tokens [D13].
+        # 10. GAE(gamma, lambda) [D11], advantages whitened over the batch's real tokens [D13] (under torchrun:
+        #     the statistics of every rank's tokens, as one process with the whole batch).
         advantages, returns = gae(rewards, values, r_mask, cfg.gamma, cfg.lam)
-        advantages = masked_whiten(advantages, r_mask)
+        advantages = masked_whiten_global(advantages, r_mask)
         batch = Batch(ids, mask, resp_pos, r_mask, logprobs, ref_logprobs, values, advantages, returns)
 
         # 11. PPO epochs x minibatches [D14]: clipped surrogate [D15], clipped value loss [D16], entropy bonus.
         model.train()
-        stats = ppo_update(model, opt, batch, cfg, update)
+        stats = ppo_update(train_model, opt, batch, cfg, update)
         t3 = time.time()
 
         # 12. KL controller, metrics, resume checkpoint.
-        mean_kl = float(kl.sum(1).mean())
+        mean_kl = float(all_reduce_mean(kl.sum(1).mean()))  # over the global batch: ranks' shards are equal
         kl_history.append(mean_kl)
         kl_ctl.update(mean_kl, cfg.rollout_batch)
         update += 1
@@ -354,6 +442,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 row["gold/score"] = sum(gold) / len(gold)
             for i, part in enumerate(parts):  # each reward model's mean score, before weighting
                 row[f"objective/scores_{i}"] = float(part.mean())
+            row = reduce_metrics(row, sums=("val/num_eos_tokens",))  # means over ranks (counts: sums)
             metrics.log(update, **row)
             bar.set_postfix(
                 kl=f"{mean_kl:.2f}",
@@ -361,13 +450,15 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 gold=f"{row.get('gold/score', float('nan')):.2f}",
             )
         bar.update(1)
-        if cfg.save_every and update % cfg.save_every == 0 and update < n_updates:
+        if cfg.save_every and update % cfg.save_every == 0 and update < n_updates and is_main():
             save_training_state(
                 out, update, {"policy_value": model}, {"policy_value": opt}, {"kl_ctl": kl_ctl.state_dict()}
             )
     bar.close()
     metrics.close()
     seconds = time.time() - t_start
+    if not is_main():  # rank 0 saves; the other ranks wait for its summary
+        return share(None)
 
     # 13. Save the policy (a normal policy checkpoint: `rlhf sample`, `rlhf compare` and PPO again can read it).
     config = {
@@ -376,10 +467,12 @@ def train_ppo(cfg: PPOConfig) -> dict:
         "parent": str(cfg.sft),
         "reward": str(cfg.reward),
         "step": update,
+        "tokenizer": save_tokenizer(tok, out),  # a Hugging Face tokenizer is copied beside the weights
+        "lora": lora,
         "run_config": config_dict(cfg),
     }
     config.pop("rlhf_version", None)
-    save_checkpoint(out, policy, config)
+    save_checkpoint(out, merge_lora(policy), config)  # adapters folded in: a plain policy checkpoint
     total = sum(timing.values()) or 1.0
     summary = {
         "updates": update,
@@ -397,7 +490,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
         f"ppo: {update} updates in {seconds:.1f}s | KL {summary['kl_final']:.3f} | time share {summary['time_share']}"
     )
     print(f"outputs: {out}/")
-    return summary
+    return share(summary)
 
 
 def ppo_update(model: PolicyValue, opt: torch.optim.Optimizer, b: Batch, cfg: PPOConfig, update: int) -> dict:
@@ -414,24 +507,8 @@ def ppo_update(model: PolicyValue, opt: torch.optim.Optimizer, b: Batch, cfg: PP
             mb_idx = perm[start : start + mb]
             for ms in range(0, len(mb_idx), micro):
                 i = mb_idx[ms : ms + micro]
-                m = b.response_mask[i]
-                logits, values_all = model(b.ids[i], b.mask[i])
-                logprobs = response_logprobs(logits, b.ids[i], b.resp_pos[i], cfg.temperature)
-                values = at_response(values_all, b.resp_pos[i]).float()
-                pg_loss, pg_clip = ppo_policy_loss(logprobs, b.logprobs[i], b.advantages[i], m, cfg.cliprange)
-                vf_loss, vf_clip = ppo_value_loss(values, b.values[i], b.returns[i], m, cfg.cliprange_value)
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                if cfg.entropy_coef > 0:
-                    entropy = entropy_from_logits(at_response(logits, b.resp_pos[i]), cfg.temperature)
-                    loss = loss - cfg.entropy_coef * masked_mean(entropy, m)
-                (loss * len(i) / len(mb_idx)).backward()
-                with torch.no_grad():
-                    acc["pg"].append(float(pg_loss))
-                    acc["vf"].append(float(vf_loss))
-                    acc["pg_clip"].append(float(pg_clip))
-                    acc["vf_clip"].append(float(vf_clip))
-                    acc["approxkl"].append(float(approx_kl(logprobs, b.logprobs[i], m)))
-                    acc["ratio"].append(float(masked_mean(torch.exp(logprobs - b.logprobs[i]), m)))
+                for k, v in micro_batch_backward(model, b, i, len(i) / len(mb_idx), cfg).items():
+                    acc[k].append(v)
             clip_grads(model, cfg.optim.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -447,3 +524,59 @@ def ppo_update(model: PolicyValue, opt: torch.optim.Optimizer, b: Batch, cfg: PP
         "val/clipfrac_avg": avg("vf_clip"),
         "val/ratio": avg("ratio"),
     }
+
+
+def micro_batch_backward(model: nn.Module, b: Batch, i: torch.Tensor, share: float, cfg: PPOConfig) -> dict:
+    """Backward of the PPO loss on rows `i`, scaled by `share` (their part of the minibatch); returns its stats.
+
+    Loss = clipped surrogate [D15] - entropy_coef * entropy + vf_coef * clipped value loss [D16].
+    """
+    m = b.response_mask[i]
+
+    def policy_loss(logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(loss term, pg_loss, pg_clip, logprobs) from the logits (B, N, V) at the response."""
+        logprobs = logprobs_from_logits(logits, b.targets[i], cfg.temperature)
+        pg_loss, pg_clip = ppo_policy_loss(logprobs, b.logprobs[i], b.advantages[i], m, cfg.cliprange)
+        loss = pg_loss
+        if cfg.entropy_coef > 0:
+            loss = loss - cfg.entropy_coef * masked_mean(entropy_from_logits(logits, cfg.temperature), m)
+        return loss, pg_loss, pg_clip, logprobs
+
+    def value_loss(values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(loss term, vf_loss, vf_clip) from the values (B, N) at the response."""
+        vf_loss, vf_clip = ppo_value_loss(values.float(), b.values[i], b.returns[i], m, cfg.cliprange_value)
+        return cfg.vf_coef * vf_loss, vf_loss, vf_clip
+
+    if isinstance(model, PolicyValue) and model.value is not None:
+        # Separate policy and value models share no parameter, so their forward+backward passes are independent:
+        # they run side by side on the CPU cores (rlhf.concurrent), with the same gradients as one summed loss.
+        def policy_pass():
+            with autocast(cfg.dtype, b.ids.device):
+                logits = model.policy_logits(b.ids[i], b.mask[i], b.resp_pos[i])
+            out = policy_loss(logits)
+            (out[0] * share).backward()
+            return out
+
+        def value_pass():
+            with autocast(cfg.dtype, b.ids.device):
+                values = at_response(model.value(b.ids[i], b.mask[i]), b.resp_pos[i])
+            out = value_loss(values)
+            (out[0] * share).backward()
+            return out
+
+        (_, pg_loss, pg_clip, logprobs), (_, vf_loss, vf_clip) = run_concurrently(policy_pass, value_pass)
+    else:  # a shared trunk (one fused forward), or a DDP-wrapped model (its forward syncs the gradients)
+        with autocast(cfg.dtype, b.ids.device):
+            logits, values_all = model(b.ids[i], b.mask[i])
+        p_loss, pg_loss, pg_clip, logprobs = policy_loss(at_response(logits, b.resp_pos[i]))
+        v_loss, vf_loss, vf_clip = value_loss(at_response(values_all, b.resp_pos[i]))
+        ((p_loss + v_loss) * share).backward()
+    with torch.no_grad():
+        return {
+            "pg": float(pg_loss),
+            "vf": float(vf_loss),
+            "pg_clip": float(pg_clip),
+            "vf_clip": float(vf_clip),
+            "approxkl": float(approx_kl(logprobs, b.logprobs[i], m)),
+            "ratio": float(masked_mean(torch.exp(logprobs - b.logprobs[i]), m)),
+        }

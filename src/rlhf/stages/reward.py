@@ -17,6 +17,7 @@ from rlhf.config import RewardConfig, RewardEvalConfig
 from rlhf.data.collate import Encoded, encode_prompt_response, length_bucketed_batches, pad
 from rlhf.data.loader import load_pairs
 from rlhf.data.tokenizer import ByteTokenizer, Tokenizer
+from rlhf.distributed import all_reduce_sum, device, is_main, no_sync, shard, share, world, wrap_ddp
 from rlhf.errors import UserError
 from rlhf.metrics import MetricsWriter
 from rlhf.models.build import (
@@ -29,8 +30,11 @@ from rlhf.models.build import (
 )
 from rlhf.models.gpt import GPT
 from rlhf.models.heads import ScalarModel
+from rlhf.models.lora import merge_lora
 from rlhf.rl import bradley_terry_loss, center_rewards_loss, expected_calibration_error, reliability_table
 from rlhf.stages.common import (
+    adapt_for_training,
+    autocast,
     clip_grads,
     config_dict,
     lr_factor,
@@ -110,11 +114,12 @@ def score_pairs(model: ScalarModel, tok: Tokenizer, pairs: list[EncodedPair], ba
     """(chosen scores, rejected scores), each (N,), in the order of `pairs`."""
     was = model.training
     model.eval()
+    dev = next(model.parameters()).device
     chosen, rejected = [], []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i : i + batch_size]
         ids, mask = pair_batch(chunk, tok.pad_id)
-        s = model.score(ids, mask).float()
+        s = model.score(ids.to(dev), mask.to(dev)).float().cpu()
         chosen.append(s[: len(chunk)])
         rejected.append(s[len(chunk) :])
     model.train(was)
@@ -181,11 +186,12 @@ def reward_stats_on(model, tok, rows: list[dict], max_length: int, batch_size: i
     """Mean/std of rewards on (prompt, response) rows: stored so PPO can normalise scores to mean 0, std 1."""
     enc = [encode_prompt_response(tok, r["prompt"], r["response"], max_length) for r in rows]
     scores = []
+    dev = next(model.parameters()).device
     with torch.no_grad():
         model.eval()
         for i in range(0, len(enc), batch_size):
             ids, mask = pad([e.ids for e in enc[i : i + batch_size]], tok.pad_id)
-            scores.append(model.score(ids, mask).float())
+            scores.append(model.score(ids.to(dev), mask.to(dev)).float().cpu())
     s = torch.cat(scores)
     return {"mean": float(s.mean()), "std": float(s.std()), "n": len(s)}
 
@@ -197,6 +203,7 @@ def train_reward(cfg: RewardConfig) -> dict:
 
     # 2. Data: pairs, tokenised with EOS appended; truncation counted, nothing dropped.
     model, tok, backbone = build_reward_model(cfg)
+    lora = adapt_for_training(model.trunk, cfg)  # the head stays fully trained
     if backbone["type"] == "gpt":  # never longer than the (possibly --init) model can read
         cfg.max_length = min(cfg.max_length, backbone["arch"]["block_size"])
     train_rows, eval_rows, task = load_pair_data(cfg, split_user_file=True)
@@ -211,8 +218,8 @@ def train_reward(cfg: RewardConfig) -> dict:
         f"reward: {len(train)} train / {len(held)} held-out pairs, {n_truncated} truncated at {cfg.max_length} tokens"
     )
 
-    # 3-4. Model is built above; optimizer and schedule.
-    model.train()
+    # 3-4. Model is built above (moved to this process's device); optimizer and schedule.
+    model.to(device()).train()
     micro_per_epoch = max(1, -(-len(train) // cfg.batch_size))
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * micro_per_epoch / cfg.optim.grad_accum))
     opt = make_optimizer(model, cfg.optim)
@@ -234,9 +241,13 @@ def train_reward(cfg: RewardConfig) -> dict:
     if restored is not None:
         step = restored[0]
         say(f"reward: resumed at step {step}")
-    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=step if restored is not None else None)
+    metrics = MetricsWriter(
+        out / "metrics.jsonl", resume_step=step if restored is not None else None, tensorboard=cfg.tensorboard
+    )
 
     # 6. Loop: chosen + rejected in one forward; BT loss (+ margin, smoothing, centering), mean over the step's pairs.
+    #    Under torchrun every rank takes its pairs of each global micro-batch; DDP averages the gradients.
+    train_model = wrap_ddp(model, method="score")
     bar = progress(total_steps, "reward", cfg.progress, initial=step)
     while step < total_steps:
         lr = cfg.optim.lr * lr_factor(step, total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
@@ -244,21 +255,26 @@ def train_reward(cfg: RewardConfig) -> dict:
         chunks = [micro_batch(step * cfg.optim.grad_accum + j) for j in range(cfg.optim.grad_accum)]
         n_pairs = sum(len(c) for c in chunks)
         loss_sum, correct, margin_sum = 0.0, 0, 0.0
-        for chunk in chunks:
+        for j, chunk in enumerate(chunks):
+            chunk, real = shard(chunk)  # this rank's pairs (all of them in one process)
             ids, mask = pair_batch(chunk, tok.pad_id)
-            s = model.score(ids, mask)
-            rc, rr = s[: len(chunk)], s[len(chunk) :]
-            margin = None
-            if any(p.margin is not None for p in chunk):
-                margin = torch.tensor([p.margin or 0.0 for p in chunk], dtype=rc.dtype)
-            loss = bradley_terry_loss(rc, rr, margin, cfg.label_smoothing)
-            if cfg.center_rewards > 0:
-                loss = loss + cfg.center_rewards * center_rewards_loss(rc, rr)
-            # The loss is a mean over this chunk; weight by its share so the step's loss is a mean over all pairs.
-            (loss * len(chunk) / n_pairs).backward()
-            loss_sum += float(loss.detach()) * len(chunk)
-            correct += int((rc > rr).sum())
-            margin_sum += float((rc - rr).detach().sum())
+            with no_sync(train_model, sync=j == len(chunks) - 1):  # one all-reduce per optimizer step
+                with autocast(cfg.dtype, device()):
+                    s = train_model(ids.to(device()), mask.to(device()))
+                s = s.float()
+                rc, rr = s[: len(chunk)], s[len(chunk) :]
+                margin = None
+                if any(p.margin is not None for p in chunk):
+                    margin = torch.tensor([p.margin or 0.0 for p in chunk], dtype=rc.dtype, device=rc.device)
+                loss = bradley_terry_loss(rc, rr, margin, cfg.label_smoothing)
+                if cfg.center_rewards > 0:
+                    loss = loss + cfg.center_rewards * center_rewards_loss(rc, rr)
+                # The loss is a mean over this chunk; weight by its share so the step's loss is a mean over all
+                # pairs (x world(): DDP averages the ranks' gradients, which must add up instead).
+                (loss * (len(chunk) * real * world()) / n_pairs).backward()
+            loss_sum += float(loss.detach()) * len(chunk) * real
+            correct += int((rc > rr).sum()) * real
+            margin_sum += float((rc - rr).detach().sum()) * real
         grad_norm = clip_grads(model, cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -266,6 +282,8 @@ def train_reward(cfg: RewardConfig) -> dict:
         bar.update(1)
         row = {}
         if step % cfg.log_every == 0 or step == total_steps:
+            sums = torch.tensor([loss_sum, correct, margin_sum], dtype=torch.float64)
+            loss_sum, correct, margin_sum = all_reduce_sum(sums).tolist()  # over all ranks' pairs
             row = {
                 "loss": loss_sum / n_pairs,
                 "accuracy": correct / n_pairs,
@@ -273,17 +291,19 @@ def train_reward(cfg: RewardConfig) -> dict:
                 "lr": lr,
                 "grad_norm": grad_norm,
             }
-        if held and (step % cfg.eval_every == 0 or step == total_steps):
+        if held and is_main() and (step % cfg.eval_every == 0 or step == total_steps):
             ev = evaluate(model, tok, held, 2 * cfg.batch_size, cfg.n_bins)
             row.update({"eval/accuracy": ev["accuracy"], "eval/margin": ev["margin"], "eval/ece": ev["ece"]})
             bar.set_postfix(eval_acc=f"{ev['accuracy']:.3f}")
         if row:
             metrics.log(step, **row)
-        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and is_main():
             save_training_state(out, step, {"reward": model}, {"reward": opt})
     bar.close()
     metrics.close()
     train_seconds = time.time() - t0
+    if not is_main():  # rank 0 evaluates and saves; the other ranks wait for its summary
+        return share(None)
 
     # 7. Evaluation on the held-out pairs.
     ev = evaluate(model, tok, held, 2 * cfg.batch_size, cfg.n_bins) if held else {}
@@ -311,9 +331,10 @@ def train_reward(cfg: RewardConfig) -> dict:
         "reward_norm": norm,
         "parent": str(cfg.init) if cfg.init else (cfg.model if cfg.model != "gpt" else None),
         "step": step,
+        "lora": lora,
         "run_config": config_dict(cfg),
     }
-    save_checkpoint(out, model, config)
+    save_checkpoint(out, merge_lora(model), config)  # adapters folded in: PPO reads plain weights
     summary = {
         **{k: v for k, v in ev.items() if k != "reliability"},
         "n_train": len(train),
@@ -325,13 +346,14 @@ def train_reward(cfg: RewardConfig) -> dict:
     }
     write_json(out / "summary.json", summary)
     _report(summary, out)
-    return summary
+    return share(summary)
 
 
 def run_reward_eval(cfg: RewardEvalConfig) -> dict:
     """`rlhf reward eval`: score a checkpoint on a pairs file (or the built-in task's held-out pairs)."""
     out = setup_run(cfg)
     model, tok, config = load_scalar(cfg.checkpoint)
+    model.to(device())
     max_length = cfg.max_length or config.get("max_length", 256)
     _, rows, _ = load_pair_data(cfg, split_user_file=False)
     pairs = encode_pairs(tok, rows, max_length)

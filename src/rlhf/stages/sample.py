@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rlhf.checkpoint import write_json
 from rlhf.config import SampleConfig
+from rlhf.distributed import device
 from rlhf.models.build import load_policy
 from rlhf.stages.common import generate_texts, setup_run
 from rlhf.tasks import get_task
@@ -12,6 +13,7 @@ from rlhf.tasks import get_task
 def run_sample(cfg: SampleConfig) -> dict:
     out = setup_run(cfg)
     model, tok, config = load_policy(cfg.checkpoint)
+    model.to(device())
     task = get_task("instruct", seed=cfg.seed)
     prompts = cfg.prompt or task.prompts(4, split="test")
     block = config["backbone"].get("arch", {}).get("block_size", 512)

@@ -1,6 +1,6 @@
 """Stage 1: supervised fine-tuning. Next-token loss on response tokens only (prompt and padding masked).
 
-train_sft(cfg) reads top to bottom: 1 set-up -> 2 data -> 3 model -> 4 optimizer -> 5 resume -> 6 loop
+train_sft(cfg) reads top to bottom: 1 set-up -> 2 model -> 3 data -> 4 optimizer -> 5 resume -> 6 loop
 (accumulate, clip, step, log, evaluate, checkpoint) -> 7 final evaluation -> 8 save.
 """
 
@@ -16,10 +16,15 @@ from rlhf.config import SFTConfig
 from rlhf.data.collate import encode_prompt_response, length_bucketed_batches, sft_batch
 from rlhf.data.loader import load_sft
 from rlhf.data.tokenizer import ByteTokenizer
+from rlhf.distributed import all_reduce_sum, device, is_main, no_sync, shard, share, world, wrap_ddp
+from rlhf.errors import UserError
 from rlhf.metrics import MetricsWriter
 from rlhf.models.build import gpt_backbone_spec, load_policy, save_checkpoint, save_tokenizer
 from rlhf.models.gpt import GPT
+from rlhf.models.lora import merge_lora, trainable_params
 from rlhf.stages.common import (
+    adapt_for_training,
+    autocast,
     clip_grads,
     config_dict,
     generate_texts,
@@ -73,8 +78,10 @@ def heldout_loss(model, batches) -> float:
     was = model.training
     model.eval()
     total, count = 0.0, 0
+    dev = next(model.parameters()).device
     for b in batches:
-        nll, n = sft_loss(model(b["input_ids"]), b["input_ids"], b["loss_mask"])
+        ids, loss_mask = b["input_ids"].to(dev), b["loss_mask"].to(dev)
+        nll, n = sft_loss(model(ids), ids, loss_mask)
         total, count = total + float(nll), count + n
     model.train(was)
     return total / max(count, 1)
@@ -96,13 +103,46 @@ def gold_of_samples(model, tok, task, prompts, cfg: SFTConfig) -> dict:
     }
 
 
+def shard_rows(batch: dict[str, torch.Tensor], dev: torch.device) -> tuple[dict[str, torch.Tensor], int]:
+    """This process's rows of a global batch, trimmed to their longest sequence, on `dev`; and 1, or 0 for a
+    stand-in row whose loss must count for nothing (fewer rows than processes; see `distributed.shard`)."""
+    if world() == 1:
+        return {k: v.to(dev) for k, v in batch.items()}, 1
+    rows, real = shard(range(batch["input_ids"].size(0)))
+    width = int(batch["attention_mask"][rows].sum(1).max())
+    return {k: v[rows, :width].to(dev) for k, v in batch.items()}, int(real)
+
+
 def train_sft(cfg: SFTConfig) -> dict:
-    # 1. Set-up: seeds, threads, output directory.
+    # 1. Set-up: seeds, threads, output directory; under torchrun, the process group and this rank's device.
     out = setup_run(cfg)
+    dev = device()
     t0 = time.time()
 
-    # 2. Data: tokenise with truncation (oldest prompt tokens first), counted - never dropped.
+    # 2. Model: a fresh GPT of --arch, --init's weights, or a Hugging Face causal LM (--model PATH); its
+    #    tokenizer encodes the data. Then LoRA adapters / gradient checkpointing when asked.
     tok = ByteTokenizer()
+    if cfg.init is not None and cfg.model != "gpt":
+        raise UserError("--init and --model both name the starting weights; give one")
+    if cfg.init is not None:
+        model, tok, parent_cfg = load_policy(cfg.init)
+        backbone = parent_cfg["backbone"]
+    elif cfg.model != "gpt":
+        from rlhf.models.hf import load_hf_policy
+
+        model, tok, backbone = load_hf_policy(cfg.model)
+    else:
+        if cfg.lora_rank > 0:
+            raise UserError(
+                "--lora-rank adapts pretrained weights: give --init or --model (a fresh GPT is random)"
+            )
+        cfg.arch.vocab_size = tok.vocab_size
+        model = GPT(cfg.arch)
+        backbone = gpt_backbone_spec(cfg.arch)
+    lora = adapt_for_training(model, cfg)
+    model.to(dev).train()
+
+    # 3. Data: tokenise with truncation (oldest prompt tokens first), counted - never dropped.
     train, evals, task = load_sft_data(cfg)
     enc_train = [encode_prompt_response(tok, p, r, cfg.max_length) for p, r in train]
     enc_eval = [encode_prompt_response(tok, p, r, cfg.max_length) for p, r in evals]
@@ -112,16 +152,6 @@ def train_sft(cfg: SFTConfig) -> dict:
         for i in range(0, len(enc_eval), cfg.batch_size)
     ]
     say(f"sft: {len(enc_train)} train / {len(enc_eval)} held-out examples, {n_truncated} truncated")
-
-    # 3. Model: a fresh GPT of --arch, or --init's weights.
-    if cfg.init is not None:
-        model, tok, parent_cfg = load_policy(cfg.init)
-        backbone = parent_cfg["backbone"]
-    else:
-        cfg.arch.vocab_size = tok.vocab_size
-        model = GPT(cfg.arch)
-        backbone = gpt_backbone_spec(cfg.arch)
-    model.train()
 
     # 4. Optimizer and schedule: the number of optimizer steps follows from epochs (or --max-steps).
     micro_per_epoch = max(1, -(-len(enc_train) // cfg.batch_size))
@@ -145,27 +175,38 @@ def train_sft(cfg: SFTConfig) -> dict:
     if restored is not None:
         step = restored[0]
         say(f"sft: resumed at step {step}")
-    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=step if restored is not None else None)
-
-    gold_before = (
-        gold_of_samples(model, tok, task, _gold_prompts(task, cfg), cfg) if task and step == 0 else None
+    metrics = MetricsWriter(
+        out / "metrics.jsonl", resume_step=step if restored is not None else None, tensorboard=cfg.tensorboard
     )
-    loss_before = heldout_loss(model, eval_batches) if eval_batches and step == 0 else None
+
+    first = step == 0 and is_main()  # evaluation happens on rank 0 only
+    gold_before = gold_of_samples(model, tok, task, _gold_prompts(task, cfg), cfg) if task and first else None
+    loss_before = heldout_loss(model, eval_batches) if eval_batches and first else None
 
     # 6. Loop: each optimizer step accumulates grad_accum micro-batches, normalised by the step's token count.
+    #    Under torchrun every rank builds the same global micro-batches and trains on its rows (shard_rows); DDP
+    #    averages the gradients over ranks.
+    train_model = wrap_ddp(model)
     bar = progress(total_steps, "sft", cfg.progress, initial=step)
     tokens_seen, t_loop = 0, time.time()
     while step < total_steps:
         lr = cfg.optim.lr * lr_factor(step, total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
         set_lr(opt, lr)
         batches = [micro_batch(step * cfg.optim.grad_accum + j) for j in range(cfg.optim.grad_accum)]
+        # The global step's target tokens, known to every rank (each builds the same global micro-batches).
         n_tokens = sum(int(b["loss_mask"][:, :-1].sum()) for b in batches)
         loss_sum = 0.0
-        for b in batches:
-            nll, _ = sft_loss(model(b["input_ids"]), b["input_ids"], b["loss_mask"])
-            (nll / max(n_tokens, 1)).backward()
-            loss_sum += float(nll.detach())
-            tokens_seen += int(b["attention_mask"].sum())
+        for j, b in enumerate(batches):
+            b, real = shard_rows(b, dev)
+            with no_sync(train_model, sync=j == len(batches) - 1):  # one all-reduce per optimizer step
+                with autocast(cfg.dtype, dev):
+                    logits = train_model(b["input_ids"])
+                nll, _ = sft_loss(logits, b["input_ids"], b["loss_mask"])
+                # Each rank's token sum over the GLOBAL count, x world() because DDP averages the ranks'
+                # gradients: the result is exactly the one-process gradient of the global token mean.
+                (nll * (real * world()) / max(n_tokens, 1)).backward()
+            loss_sum += float(nll.detach()) * real
+            tokens_seen += int(b["attention_mask"].sum()) * real
         grad_norm = clip_grads(model, cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -173,18 +214,21 @@ def train_sft(cfg: SFTConfig) -> dict:
         bar.update(1)
         row = {}
         if step % cfg.log_every == 0 or step == total_steps:
+            loss_sum = float(all_reduce_sum(loss_sum))  # over all ranks' tokens
             row = {"loss": loss_sum / max(n_tokens, 1), "lr": lr, "grad_norm": grad_norm}
-            row["tokens_per_s"] = tokens_seen / max(time.time() - t_loop, 1e-9)
-        if eval_batches and (step % cfg.eval_every == 0 or step == total_steps):
+            row["tokens_per_s"] = float(all_reduce_sum(tokens_seen)) / max(time.time() - t_loop, 1e-9)
+        if eval_batches and is_main() and (step % cfg.eval_every == 0 or step == total_steps):
             row["eval/loss"] = heldout_loss(model, eval_batches)
         if row:
             metrics.log(step, **row)
             bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}")
-        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and is_main():
             save_training_state(out, step, {"policy": model}, {"policy": opt})
     bar.close()
     metrics.close()
     train_seconds = time.time() - t0
+    if not is_main():  # rank 0 evaluates and saves; the other ranks wait for its summary
+        return share(None)
 
     # 7. Final evaluation: held-out loss, and the gold score of samples on the built-in task.
     loss_after = heldout_loss(model, eval_batches) if eval_batches else None
@@ -196,11 +240,13 @@ def train_sft(cfg: SFTConfig) -> dict:
         "stage": "sft",
         "backbone": backbone,
         "tokenizer": save_tokenizer(tok, out),
-        "parent": str(cfg.init) if cfg.init else None,
+        "parent": str(cfg.init) if cfg.init else (cfg.model if cfg.model != "gpt" else None),
         "step": step,
+        "lora": lora,
         "run_config": config_dict(cfg),
     }
-    save_checkpoint(out, model, config)
+    n_trainable = trainable_params(model)
+    save_checkpoint(out, merge_lora(model), config)  # adapters folded in: the next stage reads plain weights
     summary = {
         "steps": step,
         "n_train": len(enc_train),
@@ -213,12 +259,13 @@ def train_sft(cfg: SFTConfig) -> dict:
         "eos_rate": gold_after["eos_rate"] if gold_after else None,
         "mean_length": gold_after["mean_length"] if gold_after else None,
         "n_params": sum(p.numel() for p in model.parameters()),
+        "n_trainable": n_trainable,
         "seconds": round(train_seconds, 2),
         "samples": gold_after["samples"] if gold_after else [],
     }
     write_json(out / "summary.json", summary)
     _report(summary, out)
-    return summary
+    return share(summary)
 
 
 def _gold_prompts(task, cfg: SFTConfig) -> list[str]:

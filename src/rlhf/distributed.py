@@ -1,0 +1,229 @@
+"""Many processes through `torchrun` (torch.distributed DDP), and the device each process runs on.
+
+`torchrun --standalone --nproc-per-node 2 -m rlhf sft ...` starts two copies of the command with RANK, WORLD_SIZE
+and LOCAL_RANK in their environment; `init()` (called by every command's set-up) joins them into one process group:
+gloo on CPU, nccl on CUDA (each process on GPU LOCAL_RANK). Without those variables everything here is a no-op
+for one process, so the stages read the same either way.
+
+The stages' contract: `--batch-size` (PPO: `--rollout-batch`) is the GLOBAL batch. Every rank walks the same
+global order and takes its slice of each global batch (`shard`); losses are scaled so that DDP's gradient mean is
+exactly the one-process gradient; only rank 0 logs, saves and evaluates, and hands its summary to the others
+(`share`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from rlhf.errors import UserError
+
+T = TypeVar("T")
+
+_device = torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda' or 'auto' (cuda when a GPU is visible, else cpu) -> this process's device.
+
+    Under torchrun each process takes GPU LOCAL_RANK, so N processes on one machine use N GPUs.
+    """
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be one of cpu, cuda, auto; got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu (or auto)")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if local >= torch.cuda.device_count():
+        raise UserError(
+            f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s): start at most that many processes "
+            "per node with --device cuda"
+        )
+    return torch.device("cuda", local)
+
+
+def init(device: str = "auto") -> torch.device:
+    """Join torchrun's process group when launched by torchrun, and pick this process's device (returned, and
+    remembered for `device()`). Safe to call more than once (a demo runs several stages in one process)."""
+    global _device
+    _device = resolve_device(device)
+    if _device.type == "cuda":
+        torch.cuda.set_device(_device)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        # gloo is the CPU backend; nccl needs every process on its own GPU (set above).
+        dist.init_process_group(backend="nccl" if _device.type == "cuda" else "gloo")
+        atexit.register(_shutdown)
+    return _device
+
+
+def _shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def exit_after_success() -> None:
+    """End a process of a finished torchrun job now, skipping the interpreter's teardown (no-op without torchrun).
+
+    With torch 2.13's gloo backend, 1 in 10 to 1 in 30 two-process jobs had a process aborted (SIGABRT, "terminate
+    called without an active exception") by a C++ destructor during interpreter teardown, even after
+    `destroy_process_group()` returned; torchrun then reports the finished job as failed (0 in 60 with this exit).
+    Every output is written and closed by now.
+    """
+    if not dist.is_initialized():
+        return
+    _shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def device() -> torch.device:
+    """This process's device, as chosen by the last `init()` (cpu before any)."""
+    return _device
+
+
+def world() -> int:
+    """Number of processes (1 without torchrun)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank, 0 .. world()-1 (0 without torchrun)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True on the process that logs, saves, evaluates and prints (rank 0)."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world() > 1:
+        dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------------ data
+def shard(items: Sequence[T]) -> tuple[list[T], bool]:
+    """This rank's slice of one global batch: items rank, rank + world, ... (strided, so length-bucketed batches,
+    sorted by length, give every rank similar lengths). Same order as one process, so 2 x b == 1 x 2b.
+
+    Returns (local items, real). When the global batch has fewer items than processes, a rank with none gets the
+    first item as a stand-in and real=False: it must still run forward and backward (every DDP all-reduce needs
+    every rank) but multiply its loss by 0.
+    """
+    local = list(items[rank() :: world()])
+    if local or not items:
+        return local, True
+    return [items[0]], False
+
+
+# ------------------------------------------------------------------------------------------------ collectives
+def all_reduce_sum(x: torch.Tensor | float) -> torch.Tensor:
+    """Sum over all processes (a new tensor; a float comes back as a float64 tensor). Identity for one process."""
+    t = torch.as_tensor(x, dtype=torch.float64 if not torch.is_tensor(x) else None).clone()
+    if world() > 1:
+        t = t.to(_device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_mean(x: torch.Tensor | float) -> torch.Tensor:
+    """Mean over all processes (of equal-weight values, e.g. means over equal-size shards)."""
+    return all_reduce_sum(x) / world()
+
+
+def reduce_metrics(row: dict[str, float], sums: Sequence[str] = ()) -> dict[str, float]:
+    """A metrics row averaged over processes in one all-reduce (keys in `sums` are summed instead: counts).
+
+    Every rank must call it with the same keys. Non-numeric values pass through from this rank.
+    """
+    if world() == 1:
+        return row
+    keys = [k for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    if not keys:
+        return row
+    total = all_reduce_sum(torch.tensor([float(row[k]) for k in keys], dtype=torch.float64)).cpu()
+    out = dict(row)
+    for k, v in zip(keys, total.tolist()):
+        value = v if k in sums else v / world()
+        out[k] = int(round(value)) if isinstance(row[k], int) else value
+    return out
+
+
+def share(obj: T | None) -> T:
+    """Rank 0's `obj` on every rank (e.g. the summary dict only rank 0 computed). Also a barrier."""
+    if world() == 1:
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def masked_whiten_global(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """`rl.masked_whiten` with the mean and (unbiased) variance of the masked positions of ALL processes' batches,
+    so 2 processes x B/2 rollouts are whitened like 1 process x B. One process: exactly `rl.masked_whiten`."""
+    from rlhf.rl.advantages import WHITEN_EPS, masked_whiten
+
+    if world() == 1:
+        return masked_whiten(x, mask, shift_mean)
+    valid = mask.bool()
+    zero = torch.zeros_like(x)
+    stats = torch.stack([torch.where(valid, x, zero).sum(), valid.sum().to(x.dtype)]).double()
+    total, count = all_reduce_sum(stats).to(x.device).unbind()
+    mean = (total / count).to(x.dtype)
+    sq = all_reduce_sum(torch.where(valid, (x - mean) ** 2, zero).sum().double()).to(x.device)
+    var = (sq / torch.clamp(count - 1, min=1)).to(x.dtype)  # Bessel's correction, as masked_var
+    whitened = (x - mean) * torch.rsqrt(var + WHITEN_EPS)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(valid, whitened, zero)
+
+
+# ------------------------------------------------------------------------------------------------ models
+class _Method(nn.Module):
+    """Makes `forward` call another method of `inner` (DDP only synchronises gradients of work done through its
+    own forward, so e.g. `ScalarModel.score` must run as the forward of the wrapped module)."""
+
+    def __init__(self, inner: nn.Module, method: str):
+        super().__init__()
+        self.inner = inner
+        self.method = method
+
+    def forward(self, *args, **kwargs):
+        return getattr(self.inner, self.method)(*args, **kwargs)
+
+
+def wrap_ddp(model: nn.Module, method: str | None = None) -> nn.Module:
+    """The module to run training forwards through: DDP (gradients averaged over processes in backward) when
+    world > 1, else `model` itself. `method` names a method to run instead of `forward` (e.g. "score").
+
+    Optimizer, checkpoints and generation keep using `model` (the same parameters, unwrapped).
+    """
+    module = _Method(model, method) if method else model
+    if world() == 1:
+        return module
+    ids = [_device.index] if _device.type == "cuda" else None
+    # Hugging Face trunks can compute layers no loss reads (BERT's pooler): their parameters get no gradient, and
+    # DDP must then look for them every step. The built-in GPT uses every parameter, so it skips that search.
+    hf = any(type(m).__module__.startswith("transformers.") for m in module.modules())
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=hf)
+
+
+def no_sync(ddp_model: nn.Module, sync: bool):
+    """Context for one micro-batch's backward: skip DDP's all-reduce unless `sync` (the step's last micro-batch),
+    so gradient accumulation communicates once per optimizer step."""
+    if sync or not isinstance(ddp_model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp_model.no_sync()
