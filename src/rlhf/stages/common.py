@@ -109,8 +109,10 @@ def make_optimizer(
         {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr_mult": mult}
         for (decay, mult), ps in groups.items()
     ]
-    # foreach=False keeps the update bit-identical between a straight and a resumed run.
-    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=False)
+    # fused: one kernel for the whole update, ~5x faster than the per-parameter loop on CPU (1.5 vs 7.7 ms for
+    # PPO's two 0.86M-parameter models, benchmarks/README.md) and as deterministic: a resumed run stays
+    # bit-identical to a straight one (tests/test_checkpoint.py, test_sft.py, test_ppo.py).
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
