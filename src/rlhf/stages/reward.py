@@ -204,6 +204,9 @@ def train_reward(cfg: RewardConfig) -> dict:
     # 2. Data: pairs, tokenised with EOS appended; truncation counted, nothing dropped.
     model, tok, backbone = build_reward_model(cfg)
     lora = adapt_for_training(model.trunk, cfg)  # the head stays fully trained
+    # Bradley-Terry sees only r+ - r-, so the head's bias gets a zero gradient - in floats, rounding noise, which
+    # Adam would scale up into lr-sized random steps. Train it only when --center-rewards gives it a real gradient.
+    model.head.bias.requires_grad_(cfg.center_rewards > 0)
     if backbone["type"] == "gpt":  # never longer than the (possibly --init) model can read
         cfg.max_length = min(cfg.max_length, backbone["arch"]["block_size"])
     train_rows, eval_rows, task = load_pair_data(cfg, split_user_file=True)
