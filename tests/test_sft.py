@@ -160,3 +160,11 @@ def test_resume_from_step_20_matches_straight_run_exactly(sft_run, tmp_path):
     ]
     again = [{k: r.get(k) for k in ("step", *keep)} for r in read_metrics(fresh / "metrics.jsonl")]
     assert again == after
+
+
+def test_gold_samples_zero_skips_the_gold_measurement(tmp_path):
+    summary = cli.run(
+        ["sft", *TINY, "--gold-samples", "0", "--max-steps", "2", "--out", str(tmp_path / "run")]
+    )
+    assert summary["steps"] == 2
+    assert summary["gold_before"] is None and summary["gold_after"] is None and summary["samples"] == []

@@ -160,7 +160,7 @@ class SFTConfig(TrainConfig):
     resume: bool = False
     """Continue from the newest resume checkpoint in --out."""
     gold_samples: int = 128
-    """Held-out prompts sampled to measure the gold score before and after training (built-in task)."""
+    """Held-out prompts sampled to measure the gold score before and after training (built-in task; 0 = skip)."""
     max_new_tokens: int = 48
     """Token budget for those samples."""
 

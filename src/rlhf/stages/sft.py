@@ -180,7 +180,8 @@ def train_sft(cfg: SFTConfig) -> dict:
     )
 
     first = step == 0 and is_main()  # evaluation happens on rank 0 only
-    gold_before = gold_of_samples(model, tok, task, _gold_prompts(task, cfg), cfg) if task and first else None
+    gold = task is not None and cfg.gold_samples > 0  # --gold-samples 0 skips the gold measurement
+    gold_before = gold_of_samples(model, tok, task, _gold_prompts(task, cfg), cfg) if gold and first else None
     loss_before = heldout_loss(model, eval_batches) if eval_batches and first else None
 
     # 6. Loop: each optimizer step accumulates grad_accum micro-batches, normalised by the step's token count.
@@ -232,7 +233,7 @@ def train_sft(cfg: SFTConfig) -> dict:
 
     # 7. Final evaluation: held-out loss, and the gold score of samples on the built-in task.
     loss_after = heldout_loss(model, eval_batches) if eval_batches else None
-    gold_after = gold_of_samples(model, tok, task, _gold_prompts(task, cfg), cfg) if task else None
+    gold_after = gold_of_samples(model, tok, task, _gold_prompts(task, cfg), cfg) if gold else None
 
     # 8. Save the model checkpoint and the summary.
     config = {
