@@ -243,7 +243,8 @@ def test_length_reward_runs(tiny_sft, tiny_reward, tmp_path):
 
 
 # ------------------------------------------------------------------------------- the update's two passes
-def test_concurrent_policy_and_value_passes_give_the_fused_loss_gradients():
+@pytest.mark.parametrize("backbone", ["gpt", "hf"])
+def test_concurrent_policy_and_value_passes_give_the_fused_loss_gradients(backbone):
     """Separate policy and value models run their backward passes side by side (rlhf.concurrent) and the
     policy's LM head reads only response positions; the gradients must equal those of the one summed loss."""
     from rlhf.config import PPOConfig
@@ -253,8 +254,19 @@ def test_concurrent_policy_and_value_passes_give_the_fused_loss_gradients():
     from rlhf.stages.ppo import Batch, PolicyValue, at_response, micro_batch_backward
 
     torch.manual_seed(0)
-    arch = GPTConfig(n_layer=2, n_embd=32, n_head=2, block_size=32)
-    model = PolicyValue(GPT(arch), ScalarModel(GPT(arch)))
+    if backbone == "gpt":
+        arch = GPTConfig(n_layer=2, n_embd=32, n_head=2, block_size=32)
+        model = PolicyValue(GPT(arch), ScalarModel(GPT(arch)))
+    else:  # a Hugging Face causal LM as policy and as the value trunk
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from rlhf.models.hf import HFCausalLM
+
+        config = GPT2Config(vocab_size=259, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+        config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
+        model = PolicyValue(
+            HFCausalLM(GPT2LMHeadModel(config)), ScalarModel(HFCausalLM(GPT2LMHeadModel(config)))
+        )
     B, T, N = 4, 12, 5
     ids = torch.randint(0, 256, (B, T))
     mask = torch.ones(B, T, dtype=torch.bool)
