@@ -11,29 +11,18 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import rlhf.stages.ppo as ppo_stage
 from rlhf import cli
 from rlhf.errors import UserError
 from rlhf.metrics import read_metrics
 from rlhf.models.build import load_policy, load_scalar
-from rlhf.models.gpt import GPT, GPTConfig
-from rlhf.models.hf import HFCausalLM
 from rlhf.models.lora import AdapterDisabledReference, apply_lora, merge_lora, trainable_params
+from tiny_hf import tiny_causal_lms
 
 V = 53
 
-
-def built_in() -> torch.nn.Module:
-    return GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=2, n_head=2, n_embd=32))
-
-
-def hf_gpt2() -> torch.nn.Module:
-    config = GPT2Config(
-        vocab_size=V, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
-    )
-    return HFCausalLM(GPT2LMHeadModel(config))
+built_in, hf_gpt2 = tiny_causal_lms(V, n_layer=2)
 
 
 @pytest.mark.parametrize("make", [built_in, hf_gpt2], ids=["gpt", "hf-gpt2"])

@@ -8,29 +8,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from rlhf import cli
 from rlhf.metrics import read_metrics
-from rlhf.models.gpt import GPT, GPTConfig
 from rlhf.models.heads import ScalarModel
-from rlhf.models.hf import HFCausalLM
 from rlhf.rl import logprobs_from_logits
 from rlhf.stages.common import autocast
+from tiny_hf import tiny_causal_lms
 
 V = 47
 
-
-def built_in() -> torch.nn.Module:
-    return GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=3, n_head=2, n_embd=32))
-
-
-def hf_gpt2() -> torch.nn.Module:
-    config = GPT2Config(
-        vocab_size=V, n_positions=32, n_embd=32, n_layer=3, n_head=2, bos_token_id=0, eos_token_id=0
-    )
-    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0  # the same function in train mode
-    return HFCausalLM(GPT2LMHeadModel(config))
+built_in, hf_gpt2 = tiny_causal_lms(V, n_layer=3)
 
 
 def loss_and_grads(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor):

@@ -89,3 +89,28 @@ def bert_dir(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(str(path))
     return path
+
+
+def tiny_causal_lms(vocab: int, n_layer: int):
+    """(built-in GPT, HF GPT-2 behind `HFCausalLM`) factories of the same tiny shape (32 wide, 2 heads, 32
+    positions), random weights, dropout 0 (so train mode computes the same function as eval mode)."""
+    from rlhf.models.gpt import GPT, GPTConfig
+    from rlhf.models.hf import HFCausalLM
+
+    def built_in() -> torch.nn.Module:
+        return GPT(GPTConfig(vocab_size=vocab, block_size=32, n_layer=n_layer, n_head=2, n_embd=32))
+
+    def hf_gpt2() -> torch.nn.Module:
+        config = GPT2Config(
+            vocab_size=vocab,
+            n_positions=32,
+            n_embd=32,
+            n_layer=n_layer,
+            n_head=2,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
+        return HFCausalLM(GPT2LMHeadModel(config))
+
+    return built_in, hf_gpt2
