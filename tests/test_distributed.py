@@ -230,7 +230,15 @@ def test_reward_on_hugging_face_trunk_two_processes_match_one_process(tmp_path):
     from tiny_hf import bert_dir
 
     model = bert_dir(tmp_path / "bert")
-    args = ["--model", str(model), *REWARD, "--max-length", "48"]
+    args = [
+        "--model",
+        str(model),
+        *REWARD,
+        "--max-length",
+        "48",
+        "--center-rewards",
+        "0.01",
+    ]  # see the test above
     one, two = tmp_path / "one", tmp_path / "two"
     cli.run(["reward", *args, "--out", str(one)])
     torchrun("reward", *args, "--out", str(two))
