@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 
 import pytest
 
+from browser import images_in_browser
 from rlhf.cli import main
 from rlhf.eval.report import build_report
 
@@ -62,45 +61,10 @@ def test_report_cli_rejects_a_missing_run_dir(tmp_path, capsys) -> None:
     assert "run directory not found" in capsys.readouterr().err
 
 
-_CHECK = """<script>
-window.addEventListener('load', () => {
-  const imgs = [...document.images];
-  const broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt);
-  document.body.setAttribute('data-check', JSON.stringify({n: imgs.length, broken: broken}));
-});
-</script></body>"""
-
-
-def _browser() -> str | None:
-    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-
-
 def test_report_renders_in_a_headless_browser(tmp_path) -> None:
-    browser = _browser()
-    if browser is None:
-        pytest.skip("no headless browser installed (apt-get install chromium to run this test)")
     run = _fake_run(tmp_path / "run")
     page = build_report(run).read_text()
     expected = int(re.search(r"data-figures='(\d+)'", page)[1])
-    probe = tmp_path / "probe.html"  # the report plus a script that records, after load, which images decoded
-    probe.write_text(page.replace("</body>", _CHECK))
-    dom = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--allow-file-access-from-files",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            probe.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    found = re.search(r"data-check=\"([^\"]+)\"", dom)
-    assert found, f"the page did not finish loading in {browser}: {dom[:300]!r}"
-    check = json.loads(found[1].replace("&quot;", '"'))
+    check = images_in_browser(page, tmp_path)
     assert check == {"n": expected, "broken": []}
     assert expected == 5
