@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from rlhf.data.collate import pad
-from rlhf.generation import filter_logits, response_mask_from_ids, sample
+from rlhf.generation import filter_logits, response_mask_from_ids, sample, sample_categorical
 from rlhf.models.gpt import GPT, GPTConfig
 from rlhf.models.heads import ScalarModel, last_token_index
 
@@ -79,6 +79,68 @@ def test_kv_cache_decode_logits_equal_full_forward():
     P = ids.size(1)
     for i, logits in enumerate(steps):
         torch.testing.assert_close(logits, full[:, P - 1 + i], atol=1e-5, rtol=1e-5)
+
+
+def test_lean_decode_step_equals_the_general_path_including_finished_rows():
+    """The one-token fast path (`GPT._decode_step`) gives the general cached forward's logits for every live row."""
+    model = tiny_gpt(eos_bias=1.0)
+    _, ids, mask = left_padded_prompts()
+    B = ids.size(0)
+    toks = torch.randint(0, 256, (B, 6), generator=torch.Generator().manual_seed(3))
+    live = torch.ones(B, 6, dtype=torch.bool)
+    live[1, 2:] = False  # row 1 finished after two tokens: later tokens are padding
+    out = {}
+    with torch.inference_mode():
+        for lean in (True, False):
+            model.lean_decode = lean
+            cache = model.new_cache(B, ids.size(1) + 6)
+            logits = [model(ids, mask, cache)[:, -1]]
+            logits += [model(toks[:, t : t + 1], live[:, t : t + 1], cache)[:, -1] for t in range(6)]
+            out[lean] = (torch.stack(logits, 1), cache)
+    model.lean_decode = True
+    (fast, cache), (general, _) = out[True], out[False]
+    assert isinstance(cache.lean_weights, list), "the lean step must have been taken"
+    # Row 1's outputs after its last real token are never read (sampling pads them).
+    read = torch.ones(B, 7, dtype=torch.bool)
+    read[1, 3:] = False
+    torch.testing.assert_close(fast[read], general[read], atol=1e-5, rtol=1e-5)
+    assert torch.equal(cache.next_pos, torch.tensor([11, 4, 15, 9]))  # real tokens counted: prompt + live
+
+
+def test_lora_wrapped_gpt_decodes_through_its_adapters():
+    """A LoRA-wrapped layer must run its own forward: such a model takes the general path, with the adapters."""
+    from rlhf.models.lora import apply_lora
+
+    model = tiny_gpt()
+    apply_lora(model, rank=2)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # adapters start as a no-op; make them matter
+    _, ids, mask = left_padded_prompts()
+    extra = torch.randint(0, 256, (ids.size(0), 3))
+    with torch.inference_mode():
+        full = model(
+            torch.cat([ids, extra], 1), torch.cat([mask, torch.ones_like(extra, dtype=torch.bool)], 1)
+        )
+        cache = model.new_cache(ids.size(0), ids.size(1) + 3)
+        model(ids, mask, cache)
+        steps = [model(extra[:, t : t + 1], None, cache)[:, -1] for t in range(3)]
+    assert cache.lean_weights is False
+    P = ids.size(1)
+    for t, logits in enumerate(steps):
+        torch.testing.assert_close(logits, full[:, P + t], atol=1e-5, rtol=1e-5)
+
+
+def test_sample_categorical_draws_each_id_with_its_probability():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    logp = probs.log().expand(20_000, -1)
+    draws = sample_categorical(logp, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=6).double() / draws.numel()
+    assert freq[1] == 0 and freq[5] == 0, "ids of probability 0 are never drawn (first, middle and last)"
+    # 20k draws: standard error <= sqrt(.25/20000) = 0.0035; 4 sigma.
+    assert (freq - probs.double()).abs().max() < 0.014, freq
+    again = sample_categorical(logp, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again), "seeded draws are reproducible"
 
 
 # ------------------------------------------------------------------------------------------------ padding

@@ -7,7 +7,10 @@ Padding: every forward takes an optional `attention_mask` (B, T) of real tokens.
 tokens only, so a left-padded prompt gets the same positions (and the same logits) as the unpadded one. That is
 what lets generation left-pad prompts while training right-pads sequences, with identical numerics.
 
-Generation uses a preallocated `KVCache`: one tensor per layer for keys and values, filled in place.
+Generation uses a preallocated `KVCache`: one tensor per layer for keys and values, filled in place. Decoding one
+token at a time takes a lean path (`_decode_step`): at batch 16 the general forward spends half its time building
+masks, views and a masked attention kernel for a single query; the lean step keeps an additive attention bias in
+the cache and does three small batched matmuls per layer (~1.8x faster per step, same numbers within 1e-6).
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ class KVCache:
         )  # position id of the next token
         self.length = 0  # filled slots
         self.max_len = max_len
+        self.attn_bias: torch.Tensor | None = None
+        """(B * nh, 1, max_len) additive bias of the lean decode step: 0 at real keys, -inf at padding. Built from
+        `key_mask` when decoding starts; None whenever the general path has written slots since."""
+        self.lean_weights: list | bool | None = None
+        """The lean decode step's parameters, looked up once per cache (attribute look-ups through nn.Module cost
+        ~0.25 ms per step); False when the model cannot take the lean step (e.g. LoRA-wrapped layers)."""
 
 
 class CausalSelfAttention(nn.Module):
@@ -127,6 +136,9 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.grad_checkpointing = False  # a run-time switch, not architecture: not in GPTConfig
+        self.lean_decode = (
+            True  # one-token cached steps take `_decode_step` (False: the general path, for tests)
+        )
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
@@ -169,6 +181,14 @@ class GPT(nn.Module):
         the mask covers only the new tokens.
         """
         B, T = idx.shape
+        if (
+            cache is not None
+            and T == 1
+            and cache.length > 0
+            and not (self.training or torch.is_grad_enabled())
+            and self._lean_weights(cache) is not None
+        ):
+            return self._decode_step(idx[:, 0], attention_mask, cache)
         if cache is None and attention_mask is not None and is_right_padded(attention_mask):
             # Right padding needs no mask: causal attention already hides later pads from real tokens, and
             # positions start at 0 in every row. The fast causal kernel; pad positions' outputs are never read.
@@ -200,6 +220,69 @@ class GPT(nn.Module):
             cache.next_pos = pos[:, -1] + real[:, -1].long()
         return self.transformer.ln_f(x)
 
+    def _lean_weights(self, cache: KVCache) -> list | None:
+        """Per-layer parameter tuples for `_decode_step`, or None where it does not apply.
+
+        Only plain nn.Linear / nn.LayerNorm layers qualify: a wrapped layer (a LoRA adapter) must run its own
+        forward, so such a model keeps the general path. Looked up once per cache: sampling never updates weights.
+        """
+        if cache.lean_weights is None:
+            plain = self.lean_decode and all(
+                type(m) in (nn.Linear, nn.LayerNorm)
+                for b in self.transformer.h
+                for m in (b.ln_1, b.attn.c_attn, b.attn.c_proj, b.ln_2, b.mlp.c_fc, b.mlp.c_proj)
+            )
+            cache.lean_weights = plain and [
+                tuple(
+                    t
+                    for m in (b.ln_1, b.attn.c_attn, b.attn.c_proj, b.ln_2, b.mlp.c_fc, b.mlp.c_proj)
+                    for t in (m.weight, m.bias)
+                )
+                for b in self.transformer.h
+            ]
+        return cache.lean_weights or None
+
+    def _decode_step(self, tok: torch.Tensor, live: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
+        """`hidden()` for one new token per row (B,) continuing `cache`: (B, 1, C). No grad, no dropout.
+
+        The same arithmetic as the general path with fewer ops: one (B, C) row per sequence, attention as batched
+        (B * nh) matmuls against the cache with an additive bias. One difference, invisible to callers: a row
+        whose new token is padding (`live` False) does not attend to that token itself (the general path lets
+        it, to keep an all-padding prompt defined); its output is never read, and every row here already has
+        real prompt keys, so its softmax stays finite.
+        """
+        B = tok.size(0)
+        nh, C, S, s = self.cfg.n_head, self.cfg.n_embd, cache.max_len, cache.length
+        hs = C // nh
+        assert s < S, f"KV cache full ({S} slots)"
+        real = torch.ones_like(tok, dtype=torch.bool) if live is None else live.reshape(B).bool()
+        pos = cache.next_pos
+        assert int(pos.max()) < self.cfg.block_size, f"sequence exceeds block_size={self.cfg.block_size}"
+        if cache.attn_bias is None:
+            bias = torch.zeros(B, nh, 1, S, dtype=cache.k.dtype, device=tok.device)
+            cache.attn_bias = bias.masked_fill_(~cache.key_mask[:, None, None, :], float("-inf")).view(
+                B * nh, 1, S
+            )
+        bias = cache.attn_bias
+        cache.key_mask[:, s] = real
+        bias.view(B, nh, S)[:, :, s] = torch.where(real, 0.0, float("-inf")).unsqueeze(1)
+        bias = bias[:, :, : s + 1]
+        x = self.transformer.wte.weight[tok] + self.transformer.wpe.weight[pos]  # (B, C)
+        scale, ln = 1.0 / math.sqrt(hs), F.layer_norm
+        for i, (l1w, l1b, aw, ab, pw, pb, l2w, l2b, fw, fb, f2w, f2b) in enumerate(self._lean_weights(cache)):
+            q, k, v = F.linear(ln(x, (C,), l1w, l1b), aw, ab).view(B, 3, nh, hs).unbind(1)  # each (B, nh, hs)
+            cache.k[i, :, :, s] = k  # into slot s
+            cache.v[i, :, :, s] = v
+            keys = cache.k[i].view(B * nh, S, hs)[:, : s + 1]
+            values = cache.v[i].view(B * nh, S, hs)[:, : s + 1]
+            att = torch.baddbmm(bias, q.reshape(B * nh, 1, hs), keys.transpose(1, 2), alpha=scale).softmax(-1)
+            x = x + F.linear(torch.bmm(att, values).view(B, C), pw, pb)
+            x = x + F.linear(F.gelu(F.linear(ln(x, (C,), l2w, l2b), fw, fb), approximate="tanh"), f2w, f2b)
+        cache.length = s + 1
+        cache.next_pos = pos + real.long()
+        f = self.transformer.ln_f
+        return ln(x, (C,), f.weight, f.bias).unsqueeze(1)
+
     @staticmethod
     def _attn_mask(real: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         """Boolean (B, 1, T, S) mask: causal, real keys only, and every query may see itself.
@@ -211,6 +294,7 @@ class GPT(nn.Module):
         past = 0 if cache is None else cache.length
         if cache is not None:
             cache.key_mask[:, past : past + T] = real
+            cache.attn_bias = None  # the lean decode step rebuilds it from key_mask
             keys = cache.key_mask[:, : past + T]  # (B, S)
         else:
             keys = real
