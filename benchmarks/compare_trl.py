@@ -14,7 +14,7 @@ What is measured, and how it matches the peer (`common.py` and its `bench_*.py` 
 * generate (bench_generate.py): `rlhf.generation.sample` with the KV cache, temperature 1, top-k 0, top-p 1, exactly
   32 new tokens (EOS disabled as TRL disables it: `eos_id=-1`, an id the model never samples), batch 1/16/64 (and
   16 without the cache); new tokens/s = B*32 / median seconds per call, prefill included.
-* reward (bench_reward.py): `rlhf.stages.reward.train_reward` itself (pair_batch -> ScalarModel.score ->
+* reward (bench_reward.py): `rlhf.stages.reward.train_reward` itself (pair_batch -> ScalarModel.score_pairs ->
   bradley_terry_loss -> make_optimizer's AdamW) on a fresh GPT, the 512 pairs written as JSONL to a temp dir,
   1 epoch, batch 16 pairs, max_length 256, lr 1e-4, eval-fraction 0 (all 512 pairs train, as in TRL). Time = the
   training loop (the stage's progress bar opens right before it and closes right after: the span TRL's
@@ -332,10 +332,10 @@ def child_reward(a, common) -> dict:
     orig_pair_batch = reward_mod.pair_batch
 
     def counting_pair_batch(chunk, pad_id):
-        ids, mask = orig_pair_batch(chunk, pad_id)
+        ids, segments = orig_pair_batch(chunk, pad_id)  # packed: the shared prompt once per pair
         counts["padded"] += ids.numel()
-        counts["nonpad"] += int(mask.sum())
-        return ids, mask
+        counts["nonpad"] += int((segments >= 0).sum())
+        return ids, segments
 
     reward_mod.pair_batch = counting_pair_batch
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rlhf.data.collate import pad
+from rlhf.data.collate import pack_pairs, pad
 from rlhf.generation import filter_logits, response_mask_from_ids, sample, sample_categorical
 from rlhf.models.gpt import GPT, GPTConfig
 from rlhf.models.heads import ScalarModel, last_token_index
@@ -332,6 +332,37 @@ def test_gpt_reward_score_is_padding_invariant():
         right = rm.score(*pad(seqs, PAD, side="right"))
     torch.testing.assert_close(left, alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(right, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_packed_pairs_score_and_backprop_exactly_as_two_rows(pooling):
+    """Shared-prefix packing (one row per pair) is the same function as scoring chosen and rejected separately."""
+    chosen = [[257, 1, 2, 3, 5, 258], [257, 4, 258], [257, 7, 8, 9, 258], [257, 6, 6, 258]]
+    rejected = [[257, 1, 2, 6, 258], [257, 4, 258], [257, 7, 7, 7, 7, 7, 258], [257, 9, 258]]
+    grads, scores = [], []
+    for packed in (True, False):
+        torch.manual_seed(0)
+        rm = ScalarModel(tiny_gpt(), pooling=pooling)
+        if packed:
+            ids, segments = pack_pairs(chosen, rejected, PAD)
+            c, r = rm.score_pairs(ids, segments, PAD)
+        else:
+            s = rm.score(*pad(chosen + rejected, PAD, side="right"))
+            c, r = s[:4], s[4:]
+        (c - 2 * r).sum().backward()
+        scores.append(torch.stack([c, r]).detach())
+        grads.append(torch.cat([p.grad.flatten() for p in rm.parameters()]))
+    torch.testing.assert_close(scores[0], scores[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    assert scores[0][0, 1] == scores[0][1, 1], "an identical pair scores the same twice"
+
+
+def test_trunks_without_packed_reading_score_pairs_as_two_rows():
+    """A trunk without `reads_packed_pairs` (a bidirectional encoder, an HF LM) gets the unpacked rows back."""
+    chosen, rejected = [[5, 6, 7], [11, 12]], [[5, 6, 9, 9], [13]]
+    model = id_scorer()
+    c, r = model.score_pairs(*pack_pairs(chosen, rejected, 999), 999)
+    assert c.tolist() == [7.0, 12.0] and r.tolist() == [9.0, 13.0]
 
 
 # ------------------------------------------------------------------------------------------------ names

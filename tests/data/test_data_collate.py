@@ -10,9 +10,11 @@ from rlhf.data.collate import (
     encode_prompt,
     encode_prompt_response,
     length_bucketed_batches,
+    pack_pairs,
     pad,
     padding_fraction,
     sft_batch,
+    unpack_pairs,
 )
 from rlhf.data.tokenizer import ByteTokenizer
 from rlhf.errors import UserError
@@ -104,3 +106,23 @@ def test_bucketing_reduces_padding() -> None:
     random_batches = [perm[i : i + 16] for i in range(0, 2000, 16)]
     bucketed = length_bucketed_batches(lengths, 16, g)
     assert padding_fraction(lengths, bucketed) < 0.05 < 0.3 < padding_fraction(lengths, random_batches)
+
+
+# ------------------------------------------------------------------------------------------------ packed pairs
+def test_pack_pairs_stores_the_shared_prefix_once_by_hand():
+    chosen = [[9, 1, 2, 3, 5, 8], [9, 4, 8], [9, 7, 8]]
+    rejected = [[9, 1, 2, 6, 8], [9, 4, 8], [9, 7, 7, 7, 8]]
+    ids, segments = pack_pairs(chosen, rejected, pad_id=0)
+    assert ids.tolist() == [
+        [9, 1, 2, 3, 5, 8, 6, 8],  # prefix 9 1 2 | chosen 3 5 8 | rejected 6 8
+        [9, 4, 8, 8, 0, 0, 0, 0],  # identical pair: each keeps its last token (the one scored)
+        [9, 7, 8, 7, 7, 8, 0, 0],  # the prefix stops where they differ
+    ]
+    assert segments.tolist() == [
+        [0, 0, 0, 1, 1, 1, 2, 2],
+        [0, 0, 1, 2, -1, -1, -1, -1],
+        [0, 0, 1, 2, 2, 2, -1, -1],
+    ]
+    back, mask = unpack_pairs(ids, segments, pad_id=0)
+    expected, expected_mask = pad(chosen + rejected, 0, side="right")
+    assert torch.equal(back, expected) and torch.equal(mask, expected_mask)

@@ -132,6 +132,8 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """GPT-2 style decoder. `hidden()` gives the final hidden states; `forward()` the next-token logits."""
 
+    reads_packed_pairs = True  # `hidden(segments=...)`: see heads.ScalarModel.score_pairs
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
@@ -174,13 +176,19 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states (B, T, C) for token ids `idx` (B, T).
 
         `attention_mask` (B, T): True/1 at real tokens. With a `cache`, `idx` continues the cached sequence and
-        the mask covers only the new tokens.
+        the mask covers only the new tokens. `segments` (B, T) instead reads packed rows (`pack_pairs`): a shared
+        prefix (0) continued by branches (1, 2, ...), padding -1; each token sees the prefix and its own branch.
         """
         B, T = idx.shape
+        if segments is not None:
+            assert cache is None and attention_mask is None, "segments replace the mask and take no cache"
+            attn_mask, pos = self._segment_mask(segments)
+            return self._blocks(idx, pos, attn_mask)
         if (
             cache is not None
             and T == 1
@@ -208,6 +216,14 @@ class GPT(nn.Module):
             pos = (start.unsqueeze(1) + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
             assert int(pos.max()) < self.cfg.block_size, f"sequence exceeds block_size={self.cfg.block_size}"
             attn_mask = self._attn_mask(real, cache)
+        x = self._blocks(idx, pos, attn_mask, cache)
+        if cache is not None:
+            cache.length += T
+            cache.next_pos = pos[:, -1] + real[:, -1].long()
+        return x
+
+    def _blocks(self, idx, pos, attn_mask, cache: KVCache | None = None) -> torch.Tensor:
+        """Embeddings at positions `pos`, the blocks under `attn_mask`, the final LayerNorm."""
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -215,10 +231,20 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, attn_mask, cache, i, use_reentrant=False)
             else:
                 x = block(x, attn_mask, cache, i)
-        if cache is not None:
-            cache.length += T
-            cache.next_pos = pos[:, -1] + real[:, -1].long()
         return self.transformer.ln_f(x)
+
+    def _segment_mask(self, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask (B, 1, T, T), positions (B, T)) of packed rows: a query sees earlier real keys of the shared
+        prefix and of its own branch (and itself). Its position is the number of keys it sees, minus one - the
+        position it has in its own unpacked sequence."""
+        T = segments.size(1)
+        q, k = segments.unsqueeze(2), segments.unsqueeze(1)  # (B, T, 1), (B, 1, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+        sees = causal & (k >= 0) & ((k == 0) | (k == q))  # (B, T, T)
+        pos = (sees.sum(-1) - 1).clamp(min=0)  # pad queries see nothing real: position 0, never read
+        assert int(pos.max()) < self.cfg.block_size, f"sequence exceeds block_size={self.cfg.block_size}"
+        sees = sees | torch.eye(T, dtype=torch.bool, device=segments.device)  # no all-masked (NaN) pad row
+        return sees.unsqueeze(1), pos
 
     def _lean_weights(self, cache: KVCache) -> list | None:
         """Per-layer parameter tuples for `_decode_step`, or None where it does not apply.

@@ -1,7 +1,8 @@
 """A scalar head on any trunk: the reward model and the value model.
 
 A trunk is any module with `hidden(ids, attention_mask) -> (B, T, C)` and `hidden_size`: the built-in GPT or
-the Hugging Face adapter. Stages never ask which one it is.
+the Hugging Face adapter. Stages never ask which one it is. A causal trunk that can read packed pairs (shared
+prefix stored once, `data.collate.pack_pairs`) says so with `reads_packed_pairs = True`; `score_pairs` uses it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import math
 
 import torch
 import torch.nn as nn
+
+from rlhf.data.collate import unpack_pairs
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -49,8 +52,27 @@ class ScalarModel(nn.Module):
 
     def score(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """One scalar per sequence (B,): at the last real token, or the mean over real tokens."""
-        values = self(ids, attention_mask)  # (B, T)
+        return self.pool(self(ids, attention_mask), attention_mask)
+
+    def pool(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-token scalars (B, T) -> one per sequence (B,), over the tokens where `mask` is True."""
         if self.pooling == "last":
-            return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
-        m = attention_mask.to(values.dtype)
+            return values.gather(1, last_token_index(mask).unsqueeze(1)).squeeze(1)
+        m = mask.to(values.dtype)
         return (values * m).sum(1) / m.sum(1).clamp(min=1)
+
+    def score_pairs(
+        self, ids: torch.Tensor, segments: torch.Tensor, pad_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen scores (B,), rejected scores (B,)) of packed pairs (`pack_pairs`'s `ids, segments`).
+
+        A trunk that reads packed rows scores both sequences of a pair in one row; any other (a bidirectional
+        encoder, a Hugging Face LM) gets the two rows back from `unpack_pairs`, chosen and rejected in one batch.
+        """
+        if getattr(self.trunk, "reads_packed_pairs", False):
+            values = self.head(self.trunk.hidden(ids, segments=segments)).squeeze(-1)  # (B, T)
+            shared = segments == 0
+            return self.pool(values, shared | (segments == 1)), self.pool(values, shared | (segments == 2))
+        rows, mask = unpack_pairs(ids, segments, pad_id)
+        s = self.score(rows, mask)
+        return s[: ids.size(0)], s[ids.size(0) :]

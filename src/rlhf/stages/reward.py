@@ -14,7 +14,14 @@ import torch
 
 from rlhf.checkpoint import write_json
 from rlhf.config import RewardConfig, RewardEvalConfig
-from rlhf.data.collate import Encoded, encode_prompt_response, length_bucketed_batches, pad
+from rlhf.data.collate import (
+    Encoded,
+    encode_prompt_response,
+    length_bucketed_batches,
+    pack_pairs,
+    pad,
+    shared_prefix_length,
+)
 from rlhf.data.loader import load_pairs
 from rlhf.data.tokenizer import ByteTokenizer, Tokenizer
 from rlhf.distributed import all_reduce_sum, device, is_main, no_sync, shard, share, world, wrap_ddp
@@ -105,8 +112,18 @@ def encode_pairs(
 
 
 def pair_batch(pairs: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen rows then rejected rows in one right-padded batch (2B, T): one forward pass scores both."""
-    return pad([p.chosen.ids for p in pairs] + [p.rejected.ids for p in pairs], pad_id, side="right")
+    """Packed pairs `(ids, segments)` (B, T): the shared prompt once, then both responses
+    (`ScalarModel.score_pairs` scores chosen and rejected in one forward pass)."""
+    return pack_pairs([p.chosen.ids for p in pairs], [p.rejected.ids for p in pairs], pad_id)
+
+
+def batch_lengths(model: ScalarModel, pairs: list[EncodedPair]) -> list[int]:
+    """Each pair's share of a padded batch, for length bucketing: its packed row where the trunk reads packed
+    pairs, else the longer of its two rows."""
+    if getattr(model.trunk, "reads_packed_pairs", False):
+        return [len(p.chosen.ids) + len(p.rejected.ids) - shared_prefix_length(p.chosen.ids, p.rejected.ids)
+                for p in pairs]  # fmt: skip
+    return [max(len(p.chosen.ids), len(p.rejected.ids)) for p in pairs]
 
 
 @torch.no_grad()
@@ -118,10 +135,10 @@ def score_pairs(model: ScalarModel, tok: Tokenizer, pairs: list[EncodedPair], ba
     chosen, rejected = [], []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i : i + batch_size]
-        ids, mask = pair_batch(chunk, tok.pad_id)
-        s = model.score(ids.to(dev), mask.to(dev)).float().cpu()
-        chosen.append(s[: len(chunk)])
-        rejected.append(s[len(chunk) :])
+        ids, segments = pair_batch(chunk, tok.pad_id)
+        c, r = model.score_pairs(ids.to(dev), segments.to(dev), tok.pad_id)
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
     model.train(was)
     return torch.cat(chosen), torch.cat(rejected)
 
@@ -226,7 +243,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     micro_per_epoch = max(1, -(-len(train) // cfg.batch_size))
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * micro_per_epoch / cfg.optim.grad_accum))
     opt = make_optimizer(model, cfg.optim)
-    lengths = [max(len(p.chosen.ids), len(p.rejected.ids)) for p in train]
+    lengths = batch_lengths(model, train)
     orders: dict[int, list[list[int]]] = {}
 
     def micro_batch(index: int) -> list[EncodedPair]:
@@ -250,7 +267,7 @@ def train_reward(cfg: RewardConfig) -> dict:
 
     # 6. Loop: chosen + rejected in one forward; BT loss (+ margin, smoothing, centering), mean over the step's pairs.
     #    Under torchrun every rank takes its pairs of each global micro-batch; DDP averages the gradients.
-    train_model = wrap_ddp(model, method="score")
+    train_model = wrap_ddp(model, method="score_pairs")
     bar = progress(total_steps, "reward", cfg.progress, initial=step)
     while step < total_steps:
         lr = cfg.optim.lr * lr_factor(step, total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
@@ -260,12 +277,11 @@ def train_reward(cfg: RewardConfig) -> dict:
         loss_sum, correct, margin_sum = 0.0, 0, 0.0
         for j, chunk in enumerate(chunks):
             chunk, real = shard(chunk)  # this rank's pairs (all of them in one process)
-            ids, mask = pair_batch(chunk, tok.pad_id)
+            ids, segments = pair_batch(chunk, tok.pad_id)
             with no_sync(train_model, sync=j == len(chunks) - 1):  # one all-reduce per optimizer step
                 with autocast(cfg.dtype, device()):
-                    s = train_model(ids.to(device()), mask.to(device()))
-                s = s.float()
-                rc, rr = s[: len(chunk)], s[len(chunk) :]
+                    rc, rr = train_model(ids.to(device()), segments.to(device()), tok.pad_id)
+                rc, rr = rc.float(), rr.float()
                 margin = None
                 if any(p.margin is not None for p in chunk):
                     margin = torch.tensor([p.margin or 0.0 for p in chunk], dtype=rc.dtype, device=rc.device)
