@@ -1,7 +1,8 @@
 """Batched sampling that knows only token ids: prompt ids in -> response ids, log-probs and a mask out.
 
 Prompts are left-padded so every row's next token lands in the same column. The model needs
-`forward(ids, attention_mask, cache) -> logits` and `new_cache(batch, max_len)` (the built-in GPT has both).
+`forward(ids, attention_mask, cache) -> logits` and `new_cache(batch, max_len)` (the built-in GPT has both);
+with `hidden` and `lm_head` as well, only the last position's logits are computed.
 Text lives at the edges (the CLI and the task), never here.
 """
 
@@ -37,6 +38,16 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
+
+
+def next_token_logits(model, ids: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
+    """(B, V) logits at each row's last position. Where the model exposes `hidden` and `lm_head` (the built-in
+    GPT and Hugging Face policies do), the LM head reads that position only: the prefill's logits over every
+    prompt position would otherwise be the largest tensor of sampling (B x P x 150k floats for a Qwen-size
+    vocabulary)."""
+    if hasattr(model, "hidden") and hasattr(model, "lm_head"):
+        return model.lm_head(model.hidden(ids, mask, cache)[:, -1])
+    return model(ids, mask, cache)[:, -1]
 
 
 def sample_categorical(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -80,7 +91,7 @@ def sample(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     mask = prompt_mask.bool()
     cache = model.new_cache(B, P + max_new_tokens) if use_cache else None
-    logits = model(prompt_ids, mask, cache)[:, -1]  # (B, V)
+    logits = next_token_logits(model, prompt_ids, mask, cache)  # (B, V)
     seq, seq_mask = prompt_ids, mask
     for t in range(max_new_tokens):
         logits = logits.float()
@@ -100,11 +111,11 @@ def sample(
         if t == max_new_tokens - 1 or bool(done.all()):
             break
         if cache is not None:
-            logits = model(tok.unsqueeze(1), live.unsqueeze(1), cache)[:, -1]
+            logits = next_token_logits(model, tok.unsqueeze(1), live.unsqueeze(1), cache)
         else:
             seq = torch.cat([seq, tok.unsqueeze(1)], 1)
             seq_mask = torch.cat([seq_mask, live.unsqueeze(1)], 1)
-            logits = model(seq, seq_mask)[:, -1]
+            logits = next_token_logits(model, seq, seq_mask, None)
     response_mask = response_mask_from_ids(ids, eos_id)
     return Rollout(ids, logps * response_mask, response_mask, (ids == eos_id).any(1))
 
