@@ -107,6 +107,34 @@ def test_lean_decode_step_equals_the_general_path_including_finished_rows():
     assert torch.equal(cache.next_pos, torch.tensor([11, 4, 15, 9]))  # real tokens counted: prompt + live
 
 
+def test_chunked_prefill_of_a_large_batch_equals_one_forward(monkeypatch):
+    """More prompts than PREFILL_CHUNK: chunks of similar length, copied right-aligned into the cache, give the
+    logits of a plain forward over each whole sequence - at the prefill and at every decode step after it."""
+    import rlhf.models.gpt as gpt_module
+
+    monkeypatch.setattr(gpt_module, "PREFILL_CHUNK", 3)
+    model = tiny_gpt()
+    gen = torch.Generator().manual_seed(4)
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 9, 2]  # 11 rows: chunks of 3, 3, 3, 2 after sorting by length
+    prompts = [[257] + torch.randint(0, 256, (n,), generator=gen).tolist() for n in lengths]
+    ids, mask = pad(prompts, PAD, side="left")
+    extra = torch.randint(0, 256, (len(prompts), 4), generator=gen)
+    full_ids = torch.cat([ids, extra], 1)
+    full_mask = torch.cat([mask, torch.ones_like(extra, dtype=torch.bool)], 1)
+    with torch.inference_mode():
+        full = model(full_ids, full_mask)
+        cache = model.new_cache(len(prompts), full_ids.size(1))
+        prefill = model(ids, mask, cache)
+        steps = [model(extra[:, t : t + 1], None, cache)[:, -1] for t in range(4)]
+    P = ids.size(1)
+    torch.testing.assert_close(
+        prefill[mask], full[:, :P][mask], atol=1e-5, rtol=1e-5
+    )  # every real prompt token
+    assert torch.equal(cache.key_mask[:, :P], mask)
+    for t, logits in enumerate(steps):
+        torch.testing.assert_close(logits, full[:, P + t], atol=1e-5, rtol=1e-5)
+
+
 def test_lora_wrapped_gpt_decodes_through_its_adapters():
     """A LoRA-wrapped layer must run its own forward: such a model takes the general path, with the adapters."""
     from rlhf.models.lora import apply_lora

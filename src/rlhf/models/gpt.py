@@ -23,6 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+PREFILL_CHUNK = 16
+"""Rows per chunk when prefilling a larger batch of left-padded prompts (`GPT._chunked_prefill`)."""
+
 
 @dataclass
 class GPTConfig:
@@ -197,6 +200,15 @@ class GPT(nn.Module):
             and self._lean_weights(cache) is not None
         ):
             return self._decode_step(idx[:, 0], attention_mask, cache)
+        if (
+            cache is not None
+            and cache.length == 0
+            and B > PREFILL_CHUNK
+            and T > 1
+            and attention_mask is not None
+            and not (self.training or torch.is_grad_enabled())
+        ):
+            return self._chunked_prefill(idx, attention_mask, cache)
         if cache is None and attention_mask is not None and is_right_padded(attention_mask):
             # Right padding needs no mask: causal attention already hides later pads from real tokens, and
             # positions start at 0 in every row. The fast causal kernel; pad positions' outputs are never read.
@@ -245,6 +257,35 @@ class GPT(nn.Module):
         assert int(pos.max()) < self.cfg.block_size, f"sequence exceeds block_size={self.cfg.block_size}"
         sees = sees | torch.eye(T, dtype=torch.bool, device=segments.device)  # no all-masked (NaN) pad row
         return sees.unsqueeze(1), pos
+
+    def _chunked_prefill(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        """The prefill of a large batch of left-padded prompts, in chunks of PREFILL_CHUNK rows of similar length.
+
+        A batch pads every prompt to the longest one; sorted into chunks, each pads only to its own longest, so
+        less compute goes to padding (22% -> ~6% of the prefill for the benchmark's 64 prompts of 31-61 tokens).
+        Each chunk runs on its own small cache, copied into `cache` right-aligned (slot T-1 holds every row's last
+        token, as if the whole batch had been prefilled); the slots left of a chunk stay padding. Hidden states
+        of those slots are zeros: padding, never read.
+        """
+        B, T = idx.shape
+        real = attention_mask.bool()
+        n_real = real.sum(1)
+        out = torch.zeros(B, T, self.cfg.n_embd, dtype=cache.k.dtype, device=idx.device)
+        order = torch.argsort(n_real, stable=True)
+        for start in range(0, B, PREFILL_CHUNK):
+            rows = order[start : start + PREFILL_CHUNK]
+            p = max(1, int(n_real[rows].max()))
+            part = KVCache(self.cfg, len(rows), p, idx.device, cache.k.dtype)
+            out[rows, T - p :] = self.hidden(idx[rows, T - p :], real[rows, T - p :], part).to(out.dtype)
+            cache.k[:, rows, :, T - p : T] = part.k
+            cache.v[:, rows, :, T - p : T] = part.v
+            cache.key_mask[rows, T - p : T] = part.key_mask
+            cache.next_pos[rows] = part.next_pos
+        cache.length = T
+        cache.attn_bias = None
+        return out
 
     def _lean_weights(self, cache: KVCache) -> list | None:
         """Per-layer parameter tuples for `_decode_step`, or None where it does not apply.
