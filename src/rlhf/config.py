@@ -134,10 +134,7 @@ class SFTConfig(TrainConfig):
     data: Path | None = None
     """SFT file (prompt/response) or pairs file (trains on chosen); none = the built-in task."""
     keys: DataKeys = field(default_factory=DataKeys)
-    task: TaskConfig = field(default_factory=lambda: TaskConfig(n_train=36_000))
-    """The built-in task's pairs. 36,000 by default: from the demo's SFT checkpoint, 3 epochs over 36k pairs agreed
-    with the gold judge on 0.945 of clean held-out pairs, 12k on 0.877, 4k on 0.848 - the model learns to check
-    answers (not only formats) late; ~12-18 min on 2 cores. `--task.n-train 4000` for a 1.5-minute model."""
+    task: TaskConfig = field(default_factory=TaskConfig)
     model: str = "gpt"
     """Policy: 'gpt' (the built-in GPT: fresh of --arch, or --init's) or a local Hugging Face causal LM directory."""
     arch: GPTConfig = field(default_factory=GPTConfig)
