@@ -2,7 +2,7 @@
 
 Why: the models here are small (128-wide matmuls), and PyTorch's intra-op parallelism gets little out of a
 second core on ops that size - two independent forward+backward passes (policy and value model in the PPO
-update; reference and reward model while scoring) each on one core finish sooner than the two one after the
+update) each on one core finish sooner than the two one after the
 other on two cores. PyTorch releases the GIL inside its ops, and autograd runs a CPU backward on the calling
 thread, so the pieces really run in parallel. The results are the same numbers: the pieces share no tensors
 that are written.
