@@ -61,6 +61,11 @@ class ScalarModel(nn.Module):
         m = mask.to(values.dtype)
         return (values * m).sum(1) / m.sum(1).clamp(min=1)
 
+    @property
+    def reads_packed_pairs(self) -> bool:
+        """Whether the trunk scores a packed pair in one row (causal trunks that say so, e.g. the built-in GPT)."""
+        return getattr(self.trunk, "reads_packed_pairs", False)
+
     def score_pairs(
         self, ids: torch.Tensor, segments: torch.Tensor, pad_id: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +74,7 @@ class ScalarModel(nn.Module):
         A trunk that reads packed rows scores both sequences of a pair in one row; any other (a bidirectional
         encoder, a Hugging Face LM) gets the two rows back from `unpack_pairs`, chosen and rejected in one batch.
         """
-        if getattr(self.trunk, "reads_packed_pairs", False):
+        if self.reads_packed_pairs:
             values = self.head(self.trunk.hidden(ids, segments=segments)).squeeze(-1)  # (B, T)
             shared = segments == 0
             return self.pool(values, shared | (segments == 1)), self.pool(values, shared | (segments == 2))

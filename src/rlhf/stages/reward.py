@@ -120,7 +120,7 @@ def pair_batch(pairs: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, tor
 def batch_lengths(model: ScalarModel, pairs: list[EncodedPair]) -> list[int]:
     """Each pair's share of a padded batch, for length bucketing: its packed row where the trunk reads packed
     pairs, else the longer of its two rows."""
-    if getattr(model.trunk, "reads_packed_pairs", False):
+    if model.reads_packed_pairs:
         return [len(p.chosen.ids) + len(p.rejected.ids) - shared_prefix_length(p.chosen.ids, p.rejected.ids)
                 for p in pairs]  # fmt: skip
     return [max(len(p.chosen.ids), len(p.rejected.ids)) for p in pairs]
