@@ -124,6 +124,8 @@ def test_chunked_prefill_of_a_large_batch_equals_one_forward(monkeypatch):
     with torch.inference_mode():
         full = model(full_ids, full_mask)
         cache = model.new_cache(len(prompts), full_ids.size(1))
+        cache.k.fill_(float("nan"))  # uninitialised memory can hold NaN: no slot may leak it into the logits
+        cache.v.fill_(float("nan"))
         prefill = model(ids, mask, cache)
         steps = [model(extra[:, t : t + 1], None, cache)[:, -1] for t in range(4)]
     P = ids.size(1)

@@ -266,7 +266,7 @@ class GPT(nn.Module):
         A batch pads every prompt to the longest one; sorted into chunks, each pads only to its own longest, so
         less compute goes to padding (22% -> ~6% of the prefill for the benchmark's 64 prompts of 31-61 tokens).
         Each chunk runs on its own small cache, copied into `cache` right-aligned (slot T-1 holds every row's last
-        token, as if the whole batch had been prefilled); the slots left of a chunk stay padding. Hidden states
+        token, as if the whole batch had been prefilled); the slots left of a chunk are zeroed padding. Hidden states
         of those slots are zeros: padding, never read.
         """
         B, T = idx.shape
@@ -281,6 +281,10 @@ class GPT(nn.Module):
             out[rows, T - p :] = self.hidden(idx[rows, T - p :], real[rows, T - p :], part).to(out.dtype)
             cache.k[:, rows, :, T - p : T] = part.k
             cache.v[:, rows, :, T - p : T] = part.v
+            # Slots left of the chunk are padding but still enter the decode step's matmuls (masked by the bias):
+            # the cache is allocated uninitialised, and a NaN there would survive as NaN * 0.
+            cache.k[:, rows, :, : T - p] = 0.0
+            cache.v[:, rows, :, : T - p] = 0.0
             cache.key_mask[rows, T - p : T] = part.key_mask
             cache.next_pos[rows] = part.next_pos
         cache.length = T
