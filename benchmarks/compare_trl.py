@@ -466,9 +466,9 @@ def child_ppo(a, common) -> dict:
         acc["eos_rows"] += int(r.finished.sum())
         return r
 
-    def timed_update(model, opt, b, cfg, update):
+    def timed_update(model, opt, b, cfg, *rest):
         t0 = time.perf_counter()
-        r = orig_update(model, opt, b, cfg, update)
+        r = orig_update(model, opt, b, cfg, *rest)
         acc["update_s"] += time.perf_counter() - t0
         acc["tokens_padded"] += b.ids.numel() * cfg.ppo_epochs
         acc["tokens_real"] += int(b.mask.sum()) * cfg.ppo_epochs

@@ -198,6 +198,40 @@ def test_padding_changes_logits_without_mask():
     assert not torch.allclose(unmasked, alone, atol=1e-3)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_forward_at_positions_equals_the_full_forward_read_there(side):
+    """Training and scoring forwards compute per-token layers on real tokens only and, given `positions`, the last
+    block only there (PPO reads the response positions). Logits and gradients must be the full forward's at
+    those positions; a padding position among them (a response's padding after its EOS) stays finite."""
+    model = tiny_gpt(n_layer=3).train()
+    prompts, _, _ = left_padded_prompts()
+    ids, mask = pad(prompts, PAD, side=side)
+    positions = torch.tensor(
+        [[0, 4, 2], [1, 0, 1], [8, 3, 5], [2, 1, 7]]
+    )  # row 1 has 2 real tokens, row 3 has 3
+    real = mask.gather(1, positions) if side == "right" else torch.ones_like(positions, dtype=torch.bool)
+    if side == "left":  # left padding: count positions from the first real token
+        positions = positions.clamp(max=torch.tensor([[len(p) - 1] for p in prompts])) + (
+            ids.size(1) - torch.tensor([[len(p)] for p in prompts])
+        )
+    weights = torch.randn(*positions.shape, V)
+
+    def loss(logits):
+        return (logits * weights * real.unsqueeze(-1)).sum()
+
+    full = model(ids, mask)
+    at = full.gather(1, positions.unsqueeze(-1).expand(-1, -1, V))
+    loss(at).backward()
+    want = {n: q.grad.clone() for n, q in model.named_parameters()}
+    model.zero_grad()
+    got = model(ids, mask, positions=positions)
+    loss(got).backward()
+    assert got.shape == (4, 3, V) and torch.isfinite(got).all()
+    torch.testing.assert_close(got[real], at[real], atol=1e-5, rtol=1e-5)
+    for n, q in model.named_parameters():
+        torch.testing.assert_close(q.grad, want[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
 # ------------------------------------------------------------------------------------------------ sampling
 class ScriptedLM(nn.Module):
     """A fake LM that knows only ids: at decode step s, row b puts all mass on `script[b][s]`."""

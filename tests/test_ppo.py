@@ -296,3 +296,43 @@ def test_concurrent_policy_and_value_passes_give_the_fused_loss_gradients(backbo
     for n, p in model.named_parameters():
         torch.testing.assert_close(got[n], p.grad, atol=1e-6, rtol=1e-5, msg=n)
     assert torch.get_num_threads() == 2  # restored after the concurrent section
+
+
+def test_first_epoch_through_the_rollouts_own_forward_equals_a_fresh_forward():
+    """With the rollout as one minibatch, the forward that gives the sampling policy's log-probs and the values
+    is also the first PPO epoch's (its graph is kept): the update must equal one that runs that forward again."""
+    import copy
+
+    from rlhf.config import OptimConfig, PPOConfig
+    from rlhf.models.gpt import GPT, GPTConfig
+    from rlhf.models.heads import ScalarModel
+    from rlhf.rl import logprobs_from_logits
+    from rlhf.stages.ppo import Batch, PolicyValue, ppo_update
+
+    torch.manual_seed(0)
+    arch = GPTConfig(n_layer=2, n_embd=32, n_head=2, block_size=32)
+    model = PolicyValue(GPT(arch), ScalarModel(GPT(arch))).train()
+    twin = copy.deepcopy(model)
+    start = model.policy.lm_head.weight.detach().clone()
+    B, T, N = 4, 12, 5
+    ids = torch.randint(0, 256, (B, T))
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, -2:] = False
+    resp_pos = torch.arange(T - N - 2, T - 2).expand(B, N)
+    r_mask = torch.ones(B, N, dtype=torch.bool)
+    r_mask[1, -1] = False
+    cfg = PPOConfig(mini_batches=1, ppo_epochs=3, temperature=0.7, optim=OptimConfig(grad_clip=1.0))
+    pos = (resp_pos - 1).clamp(0, T - 1)
+    first = model.forward_concurrently(ids, mask, pos, cfg.dtype)
+    logits, values = (t.detach() for t in first)
+    old = logprobs_from_logits(logits, ids.gather(1, resp_pos), cfg.temperature)
+    b = Batch(ids, mask, resp_pos, r_mask, old, old - 0.1, values, torch.randn(B, N), torch.randn(B, N))
+
+    # Plain SGD: Adam would blow the float noise of gradients that are zero in exact arithmetic (the key biases)
+    # up to full-size steps, and the two runs sum the rows of their first epoch in different orders.
+    stats = ppo_update(model, torch.optim.SGD(model.parameters(), lr=0.5), b, cfg, 0, first)
+    fresh = ppo_update(twin, torch.optim.SGD(twin.parameters(), lr=0.5), b, cfg, 0)
+    assert stats == pytest.approx(fresh, abs=1e-6)
+    for (n, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=lambda m, n=n: f"{n}: {m}")
+    assert (model.policy.lm_head.weight - start).abs().max() > 1e-3  # the update did move the weights

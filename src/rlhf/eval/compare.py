@@ -19,9 +19,8 @@ from rlhf.data.loader import load_prompts
 from rlhf.distributed import device, is_main, share
 from rlhf.generation import sample
 from rlhf.models.build import load_policy, load_scalar
-from rlhf.rl import logprobs_from_logits
 from rlhf.stages.common import say, setup_run
-from rlhf.stages.ppo import RewardInputs, at_response, right_align, score_responses
+from rlhf.stages.ppo import RewardInputs, response_logprobs, right_align, score_responses
 from rlhf.tasks import get_task
 
 
@@ -64,9 +63,8 @@ def rollout_eval(
             policy, p_ids, p_mask, cfg.response_length, tok.eos_id, tok.pad_id, cfg.temperature, generator=gen
         )
         ids, mask, resp_pos = right_align(p_ids, p_mask, r.response_ids, r.response_mask, tok.pad_id)
-        targets = ids.gather(1, resp_pos.clamp(max=ids.size(1) - 1))
-        lp = logprobs_from_logits(at_response(policy(ids, mask), resp_pos), targets, cfg.temperature)
-        lp_ref = logprobs_from_logits(at_response(ref(ids, mask), resp_pos), targets, cfg.temperature)
+        lp = response_logprobs(policy, ids, mask, resp_pos, cfg.temperature)
+        lp_ref = response_logprobs(ref, ids, mask, resp_pos, cfg.temperature)
         kl = ((lp - lp_ref) * r.response_mask).sum(1)
         texts = [tok.decode(row[m].tolist()) for row, m in zip(r.response_ids, r.response_mask)]
         rm_ids, rm_mask = rm_inputs(ids, mask, chunk, texts, r.finished) if rm_inputs else (ids, mask)

@@ -75,6 +75,36 @@ class KVCache:
         ~0.25 ms per step); False when the model cannot take the lean step (e.g. LoRA-wrapped layers)."""
 
 
+class TokenGrid:
+    """Where the real tokens of a padded (B, T) batch sit, for forwards without a cache (training, scoring).
+
+    Per-token layers (LayerNorms, projections, the MLP) run on the real tokens only, packed as (N, C), so padding
+    costs them nothing (PPO's rollouts are ~15% padding, SFT batches of mixed lengths often more). Attention runs
+    on the (B, T) grid: `unpack` scatters packed rows onto it (zeros at padding), `pack` reads the real ones back.
+    """
+
+    def __init__(self, real: torch.Tensor | None, B: int, T: int):
+        self.B, self.T = B, T
+        self.real = real
+        """(B, T) bool, True at real tokens; None when every token is real."""
+        self.index = (
+            None if real is None else real.reshape(-1).nonzero().squeeze(1)
+        )  # (N,) into the flat grid
+        # Right padding needs no mask: causal attention already hides later pads from real queries.
+        self.attn_mask = None if real is None or is_right_padded(real) else GPT._attn_mask(real, None)
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...): the real tokens, row by row."""
+        flat = t.reshape(self.B * self.T, *t.shape[2:])
+        return flat if self.index is None else flat.index_select(0, self.index)
+
+    def unpack(self, t: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (B, T, D), zeros at padding."""
+        if self.index is not None:
+            t = t.new_zeros(self.B * self.T, t.size(-1)).index_copy(0, self.index, t)
+        return t.view(self.B, self.T, -1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -84,12 +114,14 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.dropout = cfg.dropout
 
+    def heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """c_attn's output (B, T, 3C) -> q, k, v, each (B, nh, T, hs)."""
+        B, T, C3 = qkv.shape
+        return qkv.view(B, T, 3, self.n_head, C3 // (3 * self.n_head)).permute(2, 0, 3, 1, 4).unbind(0)
+
     def forward(self, x, attn_mask, cache: KVCache | None = None, layer: int = 0):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q, k, v = self.heads(self.c_attn(x))
         if cache is not None:
             s = cache.length
             cache.k[layer, :, :, s : s + T] = k
@@ -102,6 +134,27 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self._p())
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.c_proj(y)
+
+    def on_grid(self, qkv: torch.Tensor, grid: TokenGrid, query_pos: torch.Tensor | None) -> torch.Tensor:
+        """Attention of a forward without cache: qkv (B, T, 3C) on the batch's grid -> (B, Tq, C), where the
+        queries are every position (Tq = T) or only `query_pos` (B, K) (Tq = K); keys are always every token."""
+        q, k, v = self.heads(qkv)
+        B, nh, T, hs = k.shape
+        if query_pos is None:
+            mask = grid.attn_mask
+        else:
+            q = q.gather(2, query_pos[:, None, :, None].expand(-1, nh, -1, hs))  # (B, nh, K, hs)
+            keys = torch.arange(T, device=qkv.device)
+            mask = keys <= query_pos.unsqueeze(-1)  # (B, K, T): causal from each query's own position
+            if grid.real is not None:
+                mask = mask & grid.real.unsqueeze(1)
+            mask = (mask | (keys == query_pos.unsqueeze(-1))).unsqueeze(
+                1
+            )  # a pad query sees itself: no NaN row
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=self._p()
+        )
+        return y.transpose(1, 2).reshape(B, q.size(2), nh * hs)
 
     def _p(self) -> float:
         return self.dropout if self.training else 0.0
@@ -131,11 +184,27 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.ln_1(x), attn_mask, cache, layer))
         return x + self.mlp(self.ln_2(x))
 
+    def on_tokens(
+        self, x: torch.Tensor, grid: TokenGrid, query_pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The block on packed real tokens x (N, C) -> (N, C); with `query_pos` (B, K), only the outputs at those
+        positions (B * K, C): the rest of this block's work is skipped (its keys and values still cover all)."""
+        y = self.attn.on_grid(grid.unpack(self.attn.c_attn(self.ln_1(x))), grid, query_pos)  # (B, Tq, C)
+        if query_pos is None:
+            y = grid.pack(y)  # (N, C)
+        else:  # the residual stream, too, only at the queried positions
+            C = x.size(-1)
+            x = grid.unpack(x).gather(1, query_pos.unsqueeze(-1).expand(-1, -1, C)).reshape(-1, C)
+            y = y.reshape(-1, C)
+        x = x + self.drop(self.attn.c_proj(y))
+        return x + self.mlp(self.ln_2(x))
+
 
 class GPT(nn.Module):
     """GPT-2 style decoder. `hidden()` gives the final hidden states; `forward()` the next-token logits."""
 
     reads_packed_pairs = True  # `hidden(segments=...)`: see heads.ScalarModel.score_pairs
+    reads_positions = True  # `hidden(positions=...)` computes only those: see heads.hidden_at
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -179,12 +248,16 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         segments: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states (B, T, C) for token ids `idx` (B, T).
 
         `attention_mask` (B, T): True/1 at real tokens. With a `cache`, `idx` continues the cached sequence and
         the mask covers only the new tokens. `segments` (B, T) instead reads packed rows (`pack_pairs`): a shared
         prefix (0) continued by branches (1, 2, ...), padding -1; each token sees the prefix and its own branch.
+        `positions` (B, K) (no cache): only those positions' states, (B, K, C); the last block then computes
+        just those (PPO reads the response positions, a reward model the last token). Padding positions' states
+        are zeros or unspecified: never read.
         """
         B, T = idx.shape
         inference = not (self.training or torch.is_grad_enabled())
@@ -192,47 +265,46 @@ class GPT(nn.Module):
             assert cache is None and attention_mask is None, "segments replace the mask and take no cache"
             attn_mask, pos = self._segment_mask(segments)
             return self._blocks(idx, pos, attn_mask)
-        if (
-            cache is not None
-            and T == 1
-            and cache.length > 0
-            and inference
-            and self._lean_weights(cache) is not None
-        ):
+        if cache is None:
+            return self._token_forward(idx, attention_mask, positions)
+        assert positions is None, "positions are for forwards without a cache"
+        if T == 1 and cache.length > 0 and inference and self._lean_weights(cache) is not None:
             return self._decode_step(idx[:, 0], attention_mask, cache)
-        if (
-            cache is not None
-            and cache.length == 0
-            and B > PREFILL_CHUNK
-            and T > 1
-            and attention_mask is not None
-            and inference
-        ):
+        if cache.length == 0 and B > PREFILL_CHUNK and T > 1 and attention_mask is not None and inference:
             return self._chunked_prefill(idx, attention_mask, cache)
-        if cache is None and attention_mask is not None and is_right_padded(attention_mask):
-            # Right padding needs no mask: causal attention already hides later pads from real tokens, and
-            # positions start at 0 in every row. The fast causal kernel; pad positions' outputs are never read.
-            attention_mask = None
-        if attention_mask is None and cache is None:
-            assert T <= self.cfg.block_size, (
-                f"sequence of {T} tokens exceeds block_size={self.cfg.block_size}"
-            )
-            pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T)
-            attn_mask = None
-        else:
-            real = torch.ones_like(idx, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-            start = (
-                cache.next_pos if cache is not None else torch.zeros(B, dtype=torch.long, device=idx.device)
-            )
-            # Positions count real tokens only, so left padding does not shift them.
-            pos = (start.unsqueeze(1) + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
-            assert int(pos.max()) < self.cfg.block_size, f"sequence exceeds block_size={self.cfg.block_size}"
-            attn_mask = self._attn_mask(real, cache)
-        x = self._blocks(idx, pos, attn_mask, cache)
-        if cache is not None:
-            cache.length += T
-            cache.next_pos = pos[:, -1] + real[:, -1].long()
+        real = torch.ones_like(idx, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        # Positions count real tokens only, so left padding does not shift them.
+        pos = (cache.next_pos.unsqueeze(1) + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+        assert int(pos.max()) < self.cfg.block_size, f"sequence exceeds block_size={self.cfg.block_size}"
+        x = self._blocks(idx, pos, self._attn_mask(real, cache), cache)
+        cache.length += T
+        cache.next_pos = pos[:, -1] + real[:, -1].long()
         return x
+
+    def _token_forward(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`hidden()` without a cache: per-token layers on the real tokens only (`TokenGrid`), the last block only
+        at `positions` when given."""
+        B, T = idx.shape
+        assert T <= self.cfg.block_size, f"sequence of {T} tokens exceeds block_size={self.cfg.block_size}"
+        real = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        grid = TokenGrid(real, B, T)
+        if real is None:
+            pos = torch.arange(T, device=idx.device).expand(B, T)
+        else:  # positions count real tokens only, so left padding does not shift them
+            pos = (real.long().cumsum(1) - 1).clamp(min=0)
+        x = self.transformer.drop(self.transformer.wte(grid.pack(idx)) + self.transformer.wpe(grid.pack(pos)))
+        blocks = self.transformer.h
+        for i, block in enumerate(blocks):
+            query_pos = positions if i == len(blocks) - 1 else None
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                # Keep only each block's input; its activations are recomputed in backward.
+                x = checkpoint(block.on_tokens, x, grid, query_pos, use_reentrant=False)
+            else:
+                x = block.on_tokens(x, grid, query_pos)
+        x = self.transformer.ln_f(x)
+        return grid.unpack(x) if positions is None else x.view(B, positions.size(1), -1)
 
     def _blocks(self, idx, pos, attn_mask, cache: KVCache | None = None) -> torch.Tensor:
         """Embeddings at positions `pos`, the blocks under `attn_mask`, the final LayerNorm."""
@@ -377,9 +449,10 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next-token logits (B, T, vocab)."""
-        return self.lm_head(self.hidden(idx, attention_mask, cache))
+        """Next-token logits (B, T, vocab); (B, K, vocab) at `positions` only (see `hidden`)."""
+        return self.lm_head(self.hidden(idx, attention_mask, cache, positions=positions))
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute block activations in backward instead of storing them (training only; same name as HF's)."""

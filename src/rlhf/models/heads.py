@@ -25,6 +25,18 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return T - 1 - attention_mask.long().flip(1).argmax(1)
 
 
+def hidden_at(trunk: nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None):
+    """`trunk.hidden(ids, mask)`: (B, T, C), or (B, K, C) at `positions` (B, K) only. A trunk that says
+    `reads_positions` computes just those (the built-in GPT skips most of its last block); any other is read after
+    its full forward."""
+    if positions is None:
+        return trunk.hidden(ids, mask)
+    if getattr(trunk, "reads_positions", False):
+        return trunk.hidden(ids, mask, positions=positions)
+    h = trunk.hidden(ids, mask)
+    return h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.size(-1)))
+
+
 def scalar_head(d: int) -> nn.Linear:
     """Linear d -> 1 initialised as in Huang et al. 2024 detail 11: weight ~ N(0, 1/sqrt(d+1)), bias 0."""
     head = nn.Linear(d, 1)
@@ -46,12 +58,17 @@ class ScalarModel(nn.Module):
     def gradient_checkpointing_enable(self) -> None:
         self.trunk.gradient_checkpointing_enable()
 
-    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Per-token scalars (B, T) (the value model reads these)."""
-        return self.head(self.trunk.hidden(ids, attention_mask)).squeeze(-1)
+    def forward(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-token scalars (B, T), or (B, K) at `positions` (B, K) only (the value model reads the response's)."""
+        return self.head(hidden_at(self.trunk, ids, attention_mask, positions)).squeeze(-1)
 
     def score(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """One scalar per sequence (B,): at the last real token, or the mean over real tokens."""
+        """One scalar per sequence (B,): at the last real token (computed there only), or the mean over real
+        tokens."""
+        if self.pooling == "last":
+            return self(ids, attention_mask, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
         return self.pool(self(ids, attention_mask), attention_mask)
 
     def pool(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

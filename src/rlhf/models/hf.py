@@ -122,14 +122,17 @@ class HFCausalLM(nn.Module):
     def lm_head(self) -> nn.Module:
         return self.model.get_output_embeddings()
 
+    reads_positions = True  # hidden(positions=...) - read after the full forward, for the GPT's interface
+
     def hidden(
         self,
         ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: HFCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final hidden states (B, T, C) (after the last norm). With a `cache`, `ids` continue the cached
-        sequence and the mask covers only the new tokens."""
+        """Final hidden states (B, T, C) (after the last norm), or (B, K, C) at `positions` (B, K). With a
+        `cache`, `ids` continue the cached sequence and the mask covers only the new tokens."""
         B, T = ids.shape
         real = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         start = cache.next_pos if cache is not None else torch.zeros(B, dtype=torch.long, device=ids.device)
@@ -148,16 +151,18 @@ class HFCausalLM(nn.Module):
             cache.past = out.past_key_values
             cache.key_mask = keys
             cache.next_pos = pos[:, -1] + real[:, -1].long()
-        return out.last_hidden_state
+        h = out.last_hidden_state
+        return h if positions is None else h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.size(-1)))
 
     def forward(
         self,
         ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: HFCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next-token logits (B, T, vocab)."""
-        return self.lm_head(self.hidden(ids, attention_mask, cache))
+        """Next-token logits (B, T, vocab), or (B, K, vocab) at `positions`."""
+        return self.lm_head(self.hidden(ids, attention_mask, cache, positions))
 
     def new_cache(self, batch_size: int, max_len: int) -> HFCache:
         """An empty cache; HF's grows as it goes, so `max_len` (the built-in GPT preallocates) is not needed."""

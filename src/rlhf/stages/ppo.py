@@ -37,7 +37,7 @@ from rlhf.errors import UserError
 from rlhf.generation import sample
 from rlhf.metrics import MetricsWriter
 from rlhf.models.build import disable_dropout, load_policy, load_scalar, save_checkpoint, save_tokenizer
-from rlhf.models.heads import ScalarModel, last_token_index, scalar_head
+from rlhf.models.heads import ScalarModel, hidden_at, last_token_index, scalar_head
 from rlhf.models.lora import AdapterDisabledReference, merge_lora
 from rlhf.rl import (
     AdaptiveKLController,
@@ -86,7 +86,12 @@ class Batch:
     @property
     def targets(self) -> torch.Tensor:
         """(B, N) the response token ids (what the log-probs are of)."""
-        return self.ids.gather(1, self.resp_pos.clamp(max=self.ids.size(1) - 1))
+        return response_targets(self.ids, self.resp_pos)
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """(B, N) the positions whose outputs predict the response tokens (all the update reads)."""
+        return predicting(self.resp_pos, self.ids.size(1))
 
 
 class PolicyValue(nn.Module):
@@ -103,17 +108,37 @@ class PolicyValue(nn.Module):
         if value is None:
             self.value_head = scalar_head(policy.hidden_size)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (B, T, V), values (B, T))."""
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, T, V), values (B, T)), or (B, K, V) and (B, K) at `positions` (B, K) only: PPO reads just
+        the positions predicting the response (the built-in GPT then skips most of its last block, and the LM
+        head never sees the prompt)."""
         if self.value is not None:
-            return self.policy(ids, mask), self.value(ids, mask)
-        h = self.policy.hidden(ids, mask)
+            return self.policy(ids, mask, positions=positions), self.value(ids, mask, positions)
+        h = hidden_at(self.policy, ids, mask, positions)
         return self.policy.lm_head(h), self.value_head(h).squeeze(-1)
 
-    def policy_logits(self, ids: torch.Tensor, mask: torch.Tensor, resp_pos: torch.Tensor) -> torch.Tensor:
-        """Policy logits (B, N, V) at the positions predicting each response token: the LM head reads only those
-        (the prompt's logits are never used), which saves a (B, T, V) matmul and its backward."""
-        return self.policy.lm_head(at_response(self.policy.hidden(ids, mask), resp_pos))
+    def forward_concurrently(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, dtype: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` under autocast(dtype); separate policy and value models run side by side (rlhf.concurrent:
+        they share no parameter, so each takes one of the CPU cores)."""
+
+        def run(f):
+            def call():
+                with autocast(dtype, ids.device):
+                    return f()
+
+            return call
+
+        if self.value is None:
+            return run(lambda: self(ids, mask, positions))()
+        policy, value = run_concurrently(
+            run(lambda: self.policy(ids, mask, positions=positions)),
+            run(lambda: self.value(ids, mask, positions)),
+        )
+        return policy, value
 
 
 def right_align(
@@ -140,18 +165,31 @@ def right_align(
     return ids[:, :width], mask[:, :width], resp_pos
 
 
+def predicting(resp_pos: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, N) the position whose output predicts each response token: resp_pos - 1, kept inside the row."""
+    return (resp_pos - 1).clamp(0, width - 1)
+
+
+def response_targets(ids: torch.Tensor, resp_pos: torch.Tensor) -> torch.Tensor:
+    """(B, N) the response token ids (padding after an EOS reads the row's last column: masked out)."""
+    return ids.gather(1, resp_pos.clamp(max=ids.size(1) - 1))
+
+
 def at_response(x: torch.Tensor, resp_pos: torch.Tensor) -> torch.Tensor:
     """x (B, T, ...) read at the positions that predict each response token, resp_pos - 1 -> (B, N, ...)."""
-    idx = (resp_pos - 1).clamp(0, x.size(1) - 1)
+    idx = predicting(resp_pos, x.size(1))
     if x.dim() == 3:
         idx = idx.unsqueeze(-1).expand(-1, -1, x.size(-1))
     return x.gather(1, idx)
 
 
-def response_logprobs(logits: torch.Tensor, ids: torch.Tensor, resp_pos: torch.Tensor, temperature: float):
-    """Log-probs (B, N) of the response tokens, read from the logits one position earlier, at temperature T [D4]."""
-    targets = ids.gather(1, resp_pos.clamp(max=ids.size(1) - 1))
-    return logprobs_from_logits(at_response(logits, resp_pos), targets, temperature)
+def response_logprobs(
+    policy, ids: torch.Tensor, mask: torch.Tensor, resp_pos: torch.Tensor, temperature: float
+):
+    """Log-probs (B, N) of the response tokens under `policy` at temperature T [D4]; the policy computes only the
+    positions that predict them."""
+    logits = policy(ids, mask, positions=predicting(resp_pos, ids.size(1)))
+    return logprobs_from_logits(logits, response_targets(ids, resp_pos), temperature)
 
 
 def load_prompt_pool(cfg: PPOConfig) -> tuple[list[str], object]:
@@ -329,6 +367,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     # Under torchrun every rank samples, scores and trains on its share of each global rollout batch; the PPO
     # update runs through DDP (gradients averaged), generation through the unwrapped policy.
     train_model = wrap_ddp(model)
+    fuse_first_epoch = train_model is model and cfg.mini_batches == 1 and cfg.optim.grad_accum == 1
     bar = progress(n_updates, "ppo", cfg.progress, initial=update)
     timing = {"generation": 0.0, "scoring": 0.0, "update": 0.0}
     kl_history = []
@@ -360,15 +399,27 @@ def train_ppo(cfg: PPOConfig) -> dict:
         ids, mask, resp_pos = right_align(p_ids, p_mask, roll.response_ids, r_mask, tok.pad_id)
         t1 = time.time()
 
-        # 7. Log-probs of policy and reference recomputed at the sampling temperature [D4], values [D3].
+        # 7. Log-probs of policy and reference recomputed at the sampling temperature [D4], values [D3], read only
+        #    at the positions predicting the response. When the rollout is one minibatch (one process, no gradient
+        #    accumulation), this policy + value forward is the first PPO epoch's: it keeps its graph, and the update
+        #    starts with its backward (the weights have not changed in between) - two forwards fewer per update.
         #    (--dtype bf16: forwards autocast; log-probs, entropies and values are computed in float32.)
-        with torch.inference_mode(), autocast(cfg.dtype, dev):
-            logits, values_all = model(ids, mask)
-            logprobs = response_logprobs(logits, ids, resp_pos, cfg.temperature)
-            ref_logprobs = response_logprobs(ref(ids, mask), ids, resp_pos, cfg.temperature)
-            values = at_response(values_all, resp_pos).float()
-            entropy = entropy_from_logits(at_response(logits, resp_pos), cfg.temperature)
-        del logits, values_all
+        pos, targets = predicting(resp_pos, ids.size(1)), response_targets(ids, resp_pos)
+        first_pass = None
+        if fuse_first_epoch:
+            model.train()
+            first_pass = model.forward_concurrently(ids, mask, pos, cfg.dtype)
+            logits, values = (t.detach() for t in first_pass)
+        else:
+            with torch.inference_mode():
+                logits, values = model.forward_concurrently(ids, mask, pos, cfg.dtype)
+        with torch.inference_mode():
+            logprobs = logprobs_from_logits(logits, targets, cfg.temperature)
+            entropy = entropy_from_logits(logits, cfg.temperature)
+            values = values.float()
+            with autocast(cfg.dtype, dev):
+                ref_logprobs = response_logprobs(ref, ids, mask, resp_pos, cfg.temperature)
+        del logits
 
         # 8. Scores: reward model at the last real token [D6], normalised and clipped [D7]; missing-EOS penalty [D8].
         texts = [tok.decode(row[m].tolist()) for row, m in zip(roll.response_ids, r_mask)]
@@ -407,7 +458,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
 
         # 11. PPO epochs x minibatches [D14]: clipped surrogate [D15], clipped value loss [D16], entropy bonus.
         model.train()
-        stats = ppo_update(train_model, opt, batch, cfg, update)
+        stats = ppo_update(train_model, opt, batch, cfg, update, first_pass)
+        del first_pass
         t3 = time.time()
 
         # 12. KL controller, metrics, resume checkpoint.
@@ -493,8 +545,19 @@ def train_ppo(cfg: PPOConfig) -> dict:
     return share(summary)
 
 
-def ppo_update(model: PolicyValue, opt: torch.optim.Optimizer, b: Batch, cfg: PPOConfig, update: int) -> dict:
-    """K epochs over the rollout in M shuffled minibatches (each split into grad_accum micro-batches)."""
+def ppo_update(
+    model: PolicyValue,
+    opt: torch.optim.Optimizer,
+    b: Batch,
+    cfg: PPOConfig,
+    update: int,
+    first_pass: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict:
+    """K epochs over the rollout in M shuffled minibatches (each split into grad_accum micro-batches).
+
+    `first_pass`: (logits, values) of the whole batch with their graph, from the rollout's own forward (one
+    minibatch, no accumulation): the first epoch backpropagates through it instead of running the forward again.
+    """
     B = b.ids.size(0)
     mb = B // cfg.mini_batches
     micro = max(1, mb // cfg.optim.grad_accum)
@@ -503,11 +566,17 @@ def ppo_update(model: PolicyValue, opt: torch.optim.Optimizer, b: Batch, cfg: PP
         perm = torch.randperm(
             B, generator=torch.Generator().manual_seed(cfg.seed * 31 + update * 1009 + epoch)
         )
+        if epoch == 0 and first_pass is not None:
+            assert mb == micro == B, (
+                "the rollout's forward is the first epoch's only when it is one minibatch"
+            )
+            perm = torch.arange(B)  # the order the forward ran in (one minibatch: the loss is the same)
         for start in range(0, B, mb):
             mb_idx = perm[start : start + mb]
             for ms in range(0, len(mb_idx), micro):
                 i = mb_idx[ms : ms + micro]
-                for k, v in micro_batch_backward(model, b, i, len(i) / len(mb_idx), cfg).items():
+                outputs = first_pass if epoch == 0 else None
+                for k, v in micro_batch_backward(model, b, i, len(i) / len(mb_idx), cfg, outputs).items():
                     acc[k].append(v)
             clip_grads(model, cfg.optim.grad_clip)
             opt.step()
@@ -526,10 +595,18 @@ def ppo_update(model: PolicyValue, opt: torch.optim.Optimizer, b: Batch, cfg: PP
     }
 
 
-def micro_batch_backward(model: nn.Module, b: Batch, i: torch.Tensor, share: float, cfg: PPOConfig) -> dict:
+def micro_batch_backward(
+    model: nn.Module,
+    b: Batch,
+    i: torch.Tensor,
+    share: float,
+    cfg: PPOConfig,
+    outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict:
     """Backward of the PPO loss on rows `i`, scaled by `share` (their part of the minibatch); returns its stats.
 
-    Loss = clipped surrogate [D15] - entropy_coef * entropy + vf_coef * clipped value loss [D16].
+    Loss = clipped surrogate [D15] - entropy_coef * entropy + vf_coef * clipped value loss [D16]. `outputs`:
+    the rows' (logits, values) at the response, already computed with their graph (else a forward runs here).
     """
     m = b.response_mask[i]
 
@@ -547,29 +624,18 @@ def micro_batch_backward(model: nn.Module, b: Batch, i: torch.Tensor, share: flo
         vf_loss, vf_clip = ppo_value_loss(values.float(), b.values[i], b.returns[i], m, cfg.cliprange_value)
         return cfg.vf_coef * vf_loss, vf_loss, vf_clip
 
-    if isinstance(model, PolicyValue) and model.value is not None:
-        # Separate policy and value models share no parameter, so their forward+backward passes are independent:
-        # they run side by side on the CPU cores (rlhf.concurrent), with the same gradients as one summed loss.
-        def policy_pass():
-            with autocast(cfg.dtype, b.ids.device):
-                logits = model.policy_logits(b.ids[i], b.mask[i], b.resp_pos[i])
-            out = policy_loss(logits)
-            (out[0] * share).backward()
-            return out
-
-        def value_pass():
-            with autocast(cfg.dtype, b.ids.device):
-                values = at_response(model.value(b.ids[i], b.mask[i]), b.resp_pos[i])
-            out = value_loss(values)
-            (out[0] * share).backward()
-            return out
-
-        (_, pg_loss, pg_clip, logprobs), (_, vf_loss, vf_clip) = run_concurrently(policy_pass, value_pass)
-    else:  # a shared trunk (one fused forward), or a DDP-wrapped model (its forward syncs the gradients)
+    if outputs is None and isinstance(model, PolicyValue):
+        outputs = model.forward_concurrently(b.ids[i], b.mask[i], b.positions[i], cfg.dtype)
+    elif outputs is None:  # a DDP-wrapped model: its own forward, which prepares the gradient sync
         with autocast(cfg.dtype, b.ids.device):
-            logits, values_all = model(b.ids[i], b.mask[i])
-        p_loss, pg_loss, pg_clip, logprobs = policy_loss(at_response(logits, b.resp_pos[i]))
-        v_loss, vf_loss, vf_clip = value_loss(at_response(values_all, b.resp_pos[i]))
+            outputs = model(b.ids[i], b.mask[i], b.positions[i])
+    p_loss, pg_loss, pg_clip, logprobs = policy_loss(outputs[0])
+    v_loss, vf_loss, vf_clip = value_loss(outputs[1])
+    if isinstance(model, PolicyValue) and model.value is not None:
+        # Separate policy and value models share no parameter: their backward passes are independent and run
+        # side by side on the CPU cores (rlhf.concurrent), with the same gradients as one summed loss.
+        run_concurrently(lambda: (p_loss * share).backward(), lambda: (v_loss * share).backward())
+    else:  # a shared trunk, or DDP (one backward, which syncs the gradients)
         ((p_loss + v_loss) * share).backward()
     with torch.no_grad():
         return {
