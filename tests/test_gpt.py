@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from rlhf.data.collate import pack_pairs, pad
 from rlhf.generation import filter_logits, response_mask_from_ids, sample, sample_categorical
@@ -230,6 +231,23 @@ def test_forward_at_positions_equals_the_full_forward_read_there(side):
     torch.testing.assert_close(got[real], at[real], atol=1e-5, rtol=1e-5)
     for n, q in model.named_parameters():
         torch.testing.assert_close(q.grad, want[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_gelu_tanh_is_gpt2s_gelu_in_value_and_gradient():
+    """The MLP's GELU is computed as x * sigmoid(...) with a stored derivative (faster on CPU): it must be
+    F.gelu(approximate="tanh") - GPT-2's gelu_new, what exported models compute - within float32 rounding."""
+    from rlhf.models.gpt import gelu_tanh
+
+    x = torch.cat([torch.linspace(-30, 30, 20001), torch.tensor([0.0, -1e-8, 1e-8, 80.0, -80.0])])
+    mine, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, want = gelu_tanh(mine), F.gelu(ref, approximate="tanh")
+    torch.testing.assert_close(y, want, atol=2e-6, rtol=1e-5)
+    g = torch.randn_like(x)
+    y.backward(g)
+    want.backward(g)
+    torch.testing.assert_close(mine.grad, ref.grad, atol=2e-5, rtol=1e-5)
+    with torch.inference_mode():  # no derivative kept without autograd; the same values
+        torch.testing.assert_close(gelu_tanh(x), want.detach(), atol=2e-6, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ sampling

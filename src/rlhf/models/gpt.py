@@ -45,6 +45,44 @@ class GPTConfig:
     """Dropout during SFT (RL stages always turn dropout off)."""
 
 
+_GELU_C1 = 2 * math.sqrt(2 / math.pi)
+_GELU_C2 = _GELU_C1 * 0.044715
+
+
+class _TanhGELU(torch.autograd.Function):
+    """GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written as x * sigmoid(x (C1 + C2 x^2)) -
+    the same function (0.5 (1 + tanh z) = sigmoid(2z)), ~1e-7 apart in float32.
+
+    Why: on this project's AVX2 CPUs PyTorch's tanh is ~4x slower than its sigmoid, and F.gelu evaluates tanh
+    twice (forward and backward). Here the forward is one sigmoid and a few multiply-adds, and it stores the
+    derivative for the backward (a single multiply): 6.5 -> 3.9 ms fwd+bwd on (1392, 512), 2.8 -> 1.4 ms forward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        c1 = torch.tensor(_GELU_C1, dtype=x.dtype)
+        s = torch.addcmul(c1, x, x, value=_GELU_C2).mul_(x).sigmoid_()  # sigmoid(u), u = x (C1 + C2 x^2)
+        if ctx.needs_input_grad[0]:
+            xdu = torch.addcmul(c1, x, x, value=3 * _GELU_C2).mul_(x)  # x u'(x)
+            ctx.save_for_backward(
+                xdu.addcmul_(xdu, s, value=-1).add_(1).mul_(s)
+            )  # d/dx = s (1 + x u' (1 - s))
+        return s.mul_(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (derivative,) = ctx.saved_tensors
+        return grad * derivative
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """F.gelu(x, approximate="tanh"), faster on CPU in float32 (see _TanhGELU); other dtypes take F.gelu, which
+    computes in float32 internally."""
+    if x.dtype == torch.float32:
+        return _TanhGELU.apply(x)
+    return F.gelu(x, approximate="tanh")
+
+
 def is_right_padded(mask: torch.Tensor) -> bool:
     """True when every row is real tokens followed only by padding (no pad before a real token)."""
     m = mask.bool()
@@ -168,7 +206,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -415,7 +453,7 @@ class GPT(nn.Module):
             values = cache.v[i].view(B * nh, S, hs)[:, : s + 1]
             att = torch.baddbmm(bias, q.reshape(B * nh, 1, hs), keys.transpose(1, 2), alpha=scale).softmax(-1)
             x = x + F.linear(torch.bmm(att, values).view(B, C), pw, pb)
-            x = x + F.linear(F.gelu(F.linear(ln(x, (C,), l2w, l2b), fw, fb), approximate="tanh"), f2w, f2b)
+            x = x + F.linear(gelu_tanh(F.linear(ln(x, (C,), l2w, l2b), fw, fb)), f2w, f2b)
         cache.length = s + 1
         cache.next_pos = pos + real.long()
         f = self.transformer.ln_f
