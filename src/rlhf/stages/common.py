@@ -129,10 +129,12 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def clip_grads(model: nn.Module, max_norm: float) -> float:
+    """Clip the gradients' global L2 norm to `max_norm` (0: no clipping); returns the norm before clipping."""
     params = [p for p in model.parameters() if p.grad is not None]
     if max_norm > 0:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
+    # One foreach kernel, not a norm per parameter (PPO calls this after every minibatch).
+    return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
 
 
 def progress(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
