@@ -108,15 +108,13 @@ def test_lean_decode_step_equals_the_general_path_including_finished_rows():
     assert torch.equal(cache.next_pos, torch.tensor([11, 4, 15, 9]))  # real tokens counted: prompt + live
 
 
-def test_chunked_prefill_of_a_large_batch_equals_one_forward(monkeypatch):
-    """More prompts than PREFILL_CHUNK: chunks of similar length, copied right-aligned into the cache, give the
-    logits of a plain forward over each whole sequence - at the prefill and at every decode step after it."""
-    import rlhf.models.gpt as gpt_module
-
-    monkeypatch.setattr(gpt_module, "PREFILL_CHUNK", 3)
+def test_prefill_of_left_padded_prompts_equals_one_forward():
+    """The prefill runs its per-token layers on the real prompt tokens only (TokenGrid) and fills the cache from
+    the grid: the logits must be those of a plain forward over each whole sequence - at the prefill and at every
+    decode step after it."""
     model = tiny_gpt()
     gen = torch.Generator().manual_seed(4)
-    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 9, 2]  # 11 rows: chunks of 3, 3, 3, 2 after sorting by length
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 9, 2]
     prompts = [[257] + torch.randint(0, 256, (n,), generator=gen).tolist() for n in lengths]
     ids, mask = pad(prompts, PAD, side="left")
     extra = torch.randint(0, 256, (len(prompts), 4), generator=gen)

@@ -23,9 +23,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-PREFILL_CHUNK = 16
-"""Rows per chunk when prefilling a larger batch of left-padded prompts (`GPT._chunked_prefill`)."""
-
 
 @dataclass
 class GPTConfig:
@@ -180,11 +177,22 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.c_proj(y)
 
-    def on_grid(self, qkv: torch.Tensor, grid: TokenGrid, query_pos: torch.Tensor | None) -> torch.Tensor:
-        """Attention of a forward without cache: qkv (B, T, 3C) on the batch's grid -> (B, Tq, C), where the
-        queries are every position (Tq = T) or only `query_pos` (B, K) (Tq = K); keys are always every token."""
+    def on_grid(
+        self,
+        qkv: torch.Tensor,
+        grid: TokenGrid,
+        query_pos: torch.Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """Attention from the first token: qkv (B, T, 3C) on the batch's grid -> (B, Tq, C), where the queries are
+        every position (Tq = T) or only `query_pos` (B, K) (Tq = K); keys are always every token. An empty
+        `cache` gets the keys and values in slots 0..T-1."""
         q, k, v = self.heads(qkv)
         B, nh, T, hs = k.shape
+        if cache is not None:
+            cache.k[layer, :, :, :T] = k
+            cache.v[layer, :, :, :T] = v
         if query_pos is None:
             mask = grid.attn_mask
         else:
@@ -230,11 +238,18 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
     def on_tokens(
-        self, x: torch.Tensor, grid: TokenGrid, query_pos: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        grid: TokenGrid,
+        query_pos: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
     ) -> torch.Tensor:
         """The block on packed real tokens x (N, C) -> (N, C); with `query_pos` (B, K), only the outputs at those
-        positions (B * K, C): the rest of this block's work is skipped (its keys and values still cover all)."""
-        y = self.attn.on_grid(grid.unpack(self.attn.c_attn(self.ln_1(x))), grid, query_pos)  # (B, Tq, C)
+        positions (B * K, C): the rest of this block's work is skipped (its keys and values still cover all).
+        With an empty `cache`, this layer's keys and values are written to its first T slots."""
+        qkv = grid.unpack(self.attn.c_attn(self.ln_1(x)))
+        y = self.attn.on_grid(qkv, grid, query_pos, cache, layer)  # (B, Tq, C)
         if query_pos is None:
             y = grid.pack(y)  # (N, C)
         else:  # the residual stream, too, only at the queried positions
@@ -310,13 +325,11 @@ class GPT(nn.Module):
             assert cache is None and attention_mask is None, "segments replace the mask and take no cache"
             attn_mask, pos = self._segment_mask(segments)
             return self._blocks(idx, pos, attn_mask)
-        if cache is None:
-            return self._token_forward(idx, attention_mask, positions)
+        if cache is None or cache.length == 0:  # training, scoring, or the prefill of an empty cache
+            return self._token_forward(idx, attention_mask, positions, cache)
         assert positions is None, "positions are for forwards without a cache"
-        if T == 1 and cache.length > 0 and inference and self._lean_weights(cache) is not None:
+        if T == 1 and inference and self._lean_weights(cache) is not None:
             return self._decode_step(idx[:, 0], attention_mask, cache)
-        if cache.length == 0 and B > PREFILL_CHUNK and T > 1 and attention_mask is not None and inference:
-            return self._chunked_prefill(idx, attention_mask, cache)
         real = torch.ones_like(idx, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         # Positions count real tokens only, so left padding does not shift them.
         pos = (cache.next_pos.unsqueeze(1) + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
@@ -327,10 +340,15 @@ class GPT(nn.Module):
         return x
 
     def _token_forward(
-        self, idx: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor | None
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """`hidden()` without a cache: per-token layers on the real tokens only (`TokenGrid`), the last block only
-        at `positions` when given."""
+        """`hidden()` from the first token: per-token layers on the real tokens only (`TokenGrid`), the last block
+        only at `positions` when given. With an empty `cache` (the prefill of generation) its slots 0..T-1 are
+        filled: padding's keys and values are zeros, never attended to."""
         B, T = idx.shape
         assert T <= self.cfg.block_size, f"sequence of {T} tokens exceeds block_size={self.cfg.block_size}"
         real = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
@@ -345,9 +363,14 @@ class GPT(nn.Module):
             query_pos = positions if i == len(blocks) - 1 else None
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 # Keep only each block's input; its activations are recomputed in backward.
-                x = checkpoint(block.on_tokens, x, grid, query_pos, use_reentrant=False)
+                x = checkpoint(block.on_tokens, x, grid, query_pos, cache, i, use_reentrant=False)
             else:
-                x = block.on_tokens(x, grid, query_pos)
+                x = block.on_tokens(x, grid, query_pos, cache, i)
+        if cache is not None:
+            cache.key_mask[:, :T] = True if real is None else real
+            cache.attn_bias = None  # the lean decode step rebuilds it from key_mask
+            cache.length = T
+            cache.next_pos = pos[:, -1] + (1 if real is None else real[:, -1].long())
         x = self.transformer.ln_f(x)
         return grid.unpack(x) if positions is None else x.view(B, positions.size(1), -1)
 
@@ -374,39 +397,6 @@ class GPT(nn.Module):
         assert int(pos.max()) < self.cfg.block_size, f"sequence exceeds block_size={self.cfg.block_size}"
         sees = sees | torch.eye(T, dtype=torch.bool, device=segments.device)  # no all-masked (NaN) pad row
         return sees.unsqueeze(1), pos
-
-    def _chunked_prefill(
-        self, idx: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache
-    ) -> torch.Tensor:
-        """The prefill of a large batch of left-padded prompts, in chunks of PREFILL_CHUNK rows of similar length.
-
-        A batch pads every prompt to the longest one; sorted into chunks, each pads only to its own longest, so
-        less compute goes to padding (22% -> ~6% of the prefill for the benchmark's 64 prompts of 31-61 tokens).
-        Each chunk runs on its own small cache, copied into `cache` right-aligned (slot T-1 holds every row's last
-        token, as if the whole batch had been prefilled); the slots left of a chunk are zeroed padding. Hidden states
-        of those slots are zeros: padding, never read.
-        """
-        B, T = idx.shape
-        real = attention_mask.bool()
-        n_real = real.sum(1)
-        out = torch.zeros(B, T, self.cfg.n_embd, dtype=cache.k.dtype, device=idx.device)
-        order = torch.argsort(n_real, stable=True)
-        for start in range(0, B, PREFILL_CHUNK):
-            rows = order[start : start + PREFILL_CHUNK]
-            p = max(1, int(n_real[rows].max()))
-            part = KVCache(self.cfg, len(rows), p, idx.device, cache.k.dtype)
-            out[rows, T - p :] = self.hidden(idx[rows, T - p :], real[rows, T - p :], part).to(out.dtype)
-            cache.k[:, rows, :, T - p : T] = part.k
-            cache.v[:, rows, :, T - p : T] = part.v
-            # Slots left of the chunk are padding but still enter the decode step's matmuls (masked by the bias):
-            # the cache is allocated uninitialised, and a NaN there would survive as NaN * 0.
-            cache.k[:, rows, :, : T - p] = 0.0
-            cache.v[:, rows, :, : T - p] = 0.0
-            cache.key_mask[rows, T - p : T] = part.key_mask
-            cache.next_pos[rows] = part.next_pos
-        cache.length = T
-        cache.attn_bias = None
-        return out
 
     def _lean_weights(self, cache: KVCache) -> list | None:
         """Per-layer parameter tuples for `_decode_step`, or None where it does not apply.
