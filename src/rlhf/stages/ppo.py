@@ -123,22 +123,22 @@ class PolicyValue(nn.Module):
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, dtype: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` under autocast(dtype); separate policy and value models run side by side (rlhf.concurrent:
-        they share no parameter, so each takes one of the CPU cores)."""
+        they share no parameter, so each takes one of the CPU cores). Autocast is thread-local: each worker
+        enters it."""
 
-        def run(f):
-            def call():
-                with autocast(dtype, ids.device):
-                    return f()
+        def policy() -> torch.Tensor:
+            with autocast(dtype, ids.device):
+                return self.policy(ids, mask, positions=positions)
 
-            return call
+        def value() -> torch.Tensor:
+            with autocast(dtype, ids.device):
+                return self.value(ids, mask, positions)
 
         if self.value is None:
-            return run(lambda: self(ids, mask, positions))()
-        policy, value = run_concurrently(
-            run(lambda: self.policy(ids, mask, positions=positions)),
-            run(lambda: self.value(ids, mask, positions)),
-        )
-        return policy, value
+            with autocast(dtype, ids.device):
+                return self(ids, mask, positions)
+        logits, values = run_concurrently(policy, value)
+        return logits, values
 
 
 def right_align(
