@@ -5,7 +5,11 @@ Hugging Face GPT-2 is a rename plus a transpose (HF uses Conv1D, we use Linear).
 
 Padding: every forward takes an optional `attention_mask` (B, T) of real tokens. Positions are counted over real
 tokens only, so a left-padded prompt gets the same positions (and the same logits) as the unpadded one. That is
-what lets generation left-pad prompts while training right-pads sequences, with identical numerics.
+what lets generation left-pad prompts while training right-pads sequences, with identical numerics. Forwards
+from the first token (training, scoring, the prefill of generation) run LayerNorms, projections and the MLP on the
+real tokens only, packed as (N, C), and only attention on the padded (B, T) grid (`TokenGrid`): padding costs no
+per-token work. Asked for some positions only (`hidden(positions=...)`: PPO reads the response, a reward model the
+last token), the last block computes its outputs there alone; its keys and values still cover every token.
 
 Generation uses a preallocated `KVCache`: one tensor per layer for keys and values, filled in place. Decoding one
 token at a time takes a lean path (`_decode_step`): at batch 16 the general forward spends half its time building
