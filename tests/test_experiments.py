@@ -248,7 +248,10 @@ def test_quick_multi_objective_is_shorter_at_no_worse_gold(tmp_path):
     helpful, combined = _quick("multi-objective", tmp_path)["runs"]
     assert helpful["run"] == "helpful-only" and combined["run"] == "combined"
     assert combined["final_mean_length"] < helpful["final_mean_length"]
-    assert combined["final_gold"] >= helpful["final_gold"]
+    # "No worse" within noise: final_gold is a mean over the last 6 updates x 32 responses (gold in [-1, 1], sd
+    # <= ~0.7), so the difference of two runs has a standard error of ~0.07; a strict >= would fail half the time
+    # whenever the quick setting's true difference is ~0 (it did once: -0.7105 vs -0.7054).
+    assert combined["final_gold"] >= helpful["final_gold"] - 0.1
 
 
 @pytest.mark.slow
