@@ -221,6 +221,36 @@ def test_shared_value_head_runs(tiny_sft, tiny_reward, tmp_path):
     assert policy.state_dict().keys() == sft.state_dict().keys()
 
 
+@pytest.mark.parametrize("layout", ["separate", "shared"])
+def test_one_minibatch_trains_through_the_rollouts_own_forward(
+    tiny_sft, tiny_reward, tmp_path, layout, monkeypatch
+):
+    """--mini-batches 1: the scoring forward (policy and value, with autograd) is the first epoch's. With one epoch
+    the update sees exactly the sampling log-probs: ratio 1, approx-KL 0, nothing clipped - and the run works."""
+    import rlhf.stages.ppo as ppo_module
+
+    handed = []
+    update = ppo_module.ppo_update
+
+    def recording(model, opt, batch, cfg, n, first_pass=None):
+        handed.append(first_pass is not None)
+        return update(model, opt, batch, cfg, n, first_pass)
+
+    monkeypatch.setattr(ppo_module, "ppo_update", recording)
+    out = tmp_path / layout
+    summary = cli.run(["ppo", *_models(tiny_sft, tiny_reward), *SHORT, "--mini-batches", "1",
+                       "--value-model", layout, "--out", str(out)])  # fmt: skip
+    assert summary["updates"] == 2
+    for r in _finite_rows(out):
+        assert r["val/ratio"] == pytest.approx(1.0, abs=1e-6) and r["policy/approxkl_avg"] == pytest.approx(
+            0, abs=1e-7
+        )
+        assert r["policy/clipfrac_avg"] == 0.0 and r["loss/value_avg"] > 0
+    assert handed == [True, True]  # each update got the rollout's forward
+    policy, _, _ = load_policy(out)
+    assert not torch.equal(policy.lm_head.weight, load_policy(tiny_sft)[0].lm_head.weight)  # it did train
+
+
 def test_adaptive_kl_controller_moves_beta(tiny_sft, tiny_reward, tmp_path):
     out = tmp_path / "adaptive"
     cli.run(["ppo", *_models(tiny_sft, tiny_reward), *SHORT, "--kl-target", "1.0", "--kl-horizon", "100",
