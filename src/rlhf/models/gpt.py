@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from rlhf.models.heads import at_positions
+
 
 @dataclass
 class GPTConfig:
@@ -122,7 +124,8 @@ class KVCache:
 
 
 class TokenGrid:
-    """Where the real tokens of a padded (B, T) batch sit, for forwards without a cache (training, scoring).
+    """Where the real tokens of a padded (B, T) batch sit, for forwards from the first token (training, scoring,
+    the prefill of generation).
 
     Per-token layers (LayerNorms, projections, the MLP) run on the real tokens only, packed as (N, C), so padding
     costs them nothing (PPO's rollouts are ~15% padding, SFT batches of mixed lengths often more). Attention runs
@@ -133,9 +136,8 @@ class TokenGrid:
         self.B, self.T = B, T
         self.real = real
         """(B, T) bool, True at real tokens; None when every token is real."""
-        self.index = (
-            None if real is None else real.reshape(-1).nonzero().squeeze(1)
-        )  # (N,) into the flat grid
+        # (N,) each real token's index in the flattened grid
+        self.index = None if real is None else real.reshape(-1).nonzero().squeeze(1)
         # Right padding needs no mask: causal attention already hides later pads from real queries.
         self.attn_mask = None if real is None or is_right_padded(real) else GPT._attn_mask(real, None)
 
@@ -205,9 +207,8 @@ class CausalSelfAttention(nn.Module):
             mask = keys <= query_pos.unsqueeze(-1)  # (B, K, T): causal from each query's own position
             if grid.real is not None:
                 mask = mask & grid.real.unsqueeze(1)
-            mask = (mask | (keys == query_pos.unsqueeze(-1))).unsqueeze(
-                1
-            )  # a pad query sees itself: no NaN row
+            # A pad query sees at least itself: no all-masked (NaN) row.
+            mask = (mask | (keys == query_pos.unsqueeze(-1))).unsqueeze(1)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=self._p()
         )
@@ -258,7 +259,7 @@ class Block(nn.Module):
             y = grid.pack(y)  # (N, C)
         else:  # the residual stream, too, only at the queried positions
             C = x.size(-1)
-            x = grid.unpack(x).gather(1, query_pos.unsqueeze(-1).expand(-1, -1, C)).reshape(-1, C)
+            x = at_positions(grid.unpack(x), query_pos).reshape(-1, C)
             y = y.reshape(-1, C)
         x = x + self.drop(self.attn.c_proj(y))
         return x + self.mlp(self.ln_2(x))

@@ -25,6 +25,13 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return T - 1 - attention_mask.long().flip(1).argmax(1)
 
 
+def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x (B, T) or (B, T, C) read at `positions` (B, K) of each row -> (B, K) or (B, K, C)."""
+    if x.dim() == 3:
+        positions = positions.unsqueeze(-1).expand(-1, -1, x.size(-1))
+    return x.gather(1, positions)
+
+
 def hidden_at(trunk: nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None):
     """`trunk.hidden(ids, mask)`: (B, T, C), or (B, K, C) at `positions` (B, K) only. A trunk that says
     `reads_positions` computes just those (the built-in GPT skips most of its last block); any other is read after
@@ -33,8 +40,7 @@ def hidden_at(trunk: nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions
         return trunk.hidden(ids, mask)
     if getattr(trunk, "reads_positions", False):
         return trunk.hidden(ids, mask, positions=positions)
-    h = trunk.hidden(ids, mask)
-    return h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.size(-1)))
+    return at_positions(trunk.hidden(ids, mask), positions)
 
 
 def scalar_head(d: int) -> nn.Linear:

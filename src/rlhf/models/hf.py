@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from rlhf.errors import UserError
+from rlhf.models.heads import at_positions
 
 
 def _transformers():
@@ -152,7 +153,7 @@ class HFCausalLM(nn.Module):
             cache.key_mask = keys
             cache.next_pos = pos[:, -1] + real[:, -1].long()
         h = out.last_hidden_state
-        return h if positions is None else h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.size(-1)))
+        return h if positions is None else at_positions(h, positions)
 
     def forward(
         self,

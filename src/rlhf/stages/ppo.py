@@ -37,7 +37,7 @@ from rlhf.errors import UserError
 from rlhf.generation import sample
 from rlhf.metrics import MetricsWriter
 from rlhf.models.build import disable_dropout, load_policy, load_scalar, save_checkpoint, save_tokenizer
-from rlhf.models.heads import ScalarModel, hidden_at, last_token_index, scalar_head
+from rlhf.models.heads import ScalarModel, at_positions, hidden_at, last_token_index, scalar_head
 from rlhf.models.lora import AdapterDisabledReference, merge_lora
 from rlhf.rl import (
     AdaptiveKLController,
@@ -177,10 +177,7 @@ def response_targets(ids: torch.Tensor, resp_pos: torch.Tensor) -> torch.Tensor:
 
 def at_response(x: torch.Tensor, resp_pos: torch.Tensor) -> torch.Tensor:
     """x (B, T, ...) read at the positions that predict each response token, resp_pos - 1 -> (B, N, ...)."""
-    idx = predicting(resp_pos, x.size(1))
-    if x.dim() == 3:
-        idx = idx.unsqueeze(-1).expand(-1, -1, x.size(-1))
-    return x.gather(1, idx)
+    return at_positions(x, predicting(resp_pos, x.size(1)))
 
 
 def response_logprobs(
