@@ -597,6 +597,10 @@ CHILDREN = {"generate": child_generate, "sft": child_sft, "reward": child_reward
 def child_main(a) -> None:
     import torch
 
+    from rlhf.allocator import keep_freed_memory
+
+    # What every `rlhf` command does at start (the sampling benchmark calls sample() directly, not a command).
+    emit("allocator", {"keep_freed_memory": keep_freed_memory()})
     torch.set_num_threads(a.threads)
     try:
         torch.set_num_interop_threads(a.threads)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import tyro
 
 from rlhf import config as C
+from rlhf.allocator import keep_freed_memory
 from rlhf.errors import UserError
 
 
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
 
         print(__version__)
         return
+    keep_freed_memory()  # every command: steps reuse freed memory instead of faulting in fresh pages
     try:
         run(argv)
     except UserError as e:

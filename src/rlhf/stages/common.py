@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from rlhf.allocator import keep_freed_memory
 from rlhf.checkpoint import (
     load_optimizer_state,
     load_resume,
@@ -37,11 +38,12 @@ from rlhf.models.build import load_state
 
 
 def setup_run(cfg: RunConfig) -> Path:
-    """Seed every RNG, set CPU threads, create the output directory, join torchrun's processes (if launched by
-    torchrun) and pick the device (`rlhf.distributed.device()`).
+    """Seed every RNG, set CPU threads, keep freed memory in the process (`rlhf.allocator`), create the output
+    directory, join torchrun's processes (if launched by torchrun) and pick the device (`rlhf.distributed.device()`).
 
     Every rank gets the same seed, so fresh models start identical on every process.
     """
+    keep_freed_memory()
     init_distributed(cfg.device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

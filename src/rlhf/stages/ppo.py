@@ -575,7 +575,9 @@ def ppo_update(
                 outputs = first_pass if epoch == 0 else None
                 for k, v in micro_batch_backward(model, b, i, len(i) / len(mb_idx), cfg, outputs).items():
                     acc[k].append(v)
-            clip_grads(model, cfg.optim.grad_clip)
+            # The norm is not logged here: without clipping, it is not computed.
+            if cfg.optim.grad_clip > 0:
+                clip_grads(model, cfg.optim.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
 
