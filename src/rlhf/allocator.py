@@ -4,11 +4,13 @@ Why: glibc's malloc maps every allocation above its mmap threshold (128 KiB at s
 freed) freshly from the OS, and gives free memory at the top of its heap back beyond a trim threshold. A
 training or sampling step allocates and frees the same few MiB of activations again and again, so with the
 defaults many steps map, fault in and zero the same pages anew; in a virtual machine each page fault costs
-microseconds. Sampling 32 tokens for 16 prompts with the workload GPT took 700-2,600 page faults per call;
-with both thresholds at 32 MiB (the largest mmap threshold glibc accepts) it takes ~5, and in one process
-alternating the two settings the call took 99 ms instead of 121 (benchmarks/README.md). This is the light form
-of the PyTorch CPU tuning guide's advice to run with jemalloc or tcmalloc. Tensors above 32 MiB (the weights of
-large models) are still mapped and unmapped on their own, so peak memory does not grow with them.
+microseconds. Sampling 32 tokens for a batch of 64 with the workload GPT (benchmarks/compare_trl.py, one
+thread) took 4,000-11,800 page faults and 12-38 ms of system time per ~370 ms call with glibc's defaults, at
+batch 16 0-2,600 faults; with the mmap threshold at 32 MiB (the largest glibc accepts) and the trim threshold
+at 1 GiB, 0-60 faults and ~0 ms. The wall-time gain is a few percent, below this host's noise
+(benchmarks/README.md). This is the light form of the PyTorch CPU tuning guide's advice to run with jemalloc or
+tcmalloc. Tensors above 32 MiB (the weights of large models) are still mapped and unmapped on their own, and
+the process keeps at most what it used at its peak.
 
 Every `rlhf` command calls `keep_freed_memory()` once at start (stages through `setup_run`). Library code that
 only imports rlhf is left alone. RLHF_MALLOC_TUNING=0 turns it off; a process whose allocator was already
