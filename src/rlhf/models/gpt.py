@@ -148,8 +148,8 @@ class TokenGrid:
 
     def unpack(self, t: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (B, T, D), zeros at padding."""
-        if self.index is not None:
-            t = t.new_zeros(self.B * self.T, t.size(-1)).index_copy(0, self.index, t)
+        if self.index is not None:  # in place: the out-of-place index_copy would first clone the zeros
+            t = t.new_zeros(self.B * self.T, t.size(-1)).index_copy_(0, self.index, t)
         return t.view(self.B, self.T, -1)
 
 
