@@ -4,9 +4,9 @@ Why: glibc's malloc maps every allocation above its mmap threshold (128 KiB at s
 freed) freshly from the OS, and gives free memory at the top of its heap back beyond a trim threshold. A
 training or sampling step allocates and frees the same few MiB of activations again and again, so with the
 defaults many steps map, fault in and zero the same pages anew; in a virtual machine each page fault costs
-microseconds. Sampling 32 tokens for a batch of 64 with the workload GPT (benchmarks/compare_trl.py, one
-thread) took 4,000-11,800 page faults and 12-38 ms of system time per ~370 ms call with glibc's defaults, at
-batch 16 0-2,600 faults; with the mmap threshold at 32 MiB (the largest glibc accepts) and the trim threshold
+microseconds. Sampling 32 tokens for a batch of 64 with the workload GPT (benchmarks/compare_trl.py, one or
+two threads) took 4,000-11,800 page faults and 12-38 ms of system time per 270-460 ms call with glibc's defaults,
+at batch 16 0-2,600 faults; with the mmap threshold at 32 MiB (the largest glibc accepts) and the trim threshold
 at 1 GiB, 0-60 faults and ~0 ms. The wall-time gain is a few percent, below this host's noise
 (benchmarks/README.md). This is the light form of the PyTorch CPU tuning guide's advice to run with jemalloc or
 tcmalloc. Tensors above 32 MiB (the weights of large models) are still mapped and unmapped on their own, and
