@@ -279,9 +279,9 @@ def test_concurrent_policy_and_value_passes_give_the_fused_loss_gradients(backbo
     policy's LM head reads only response positions; the gradients must equal those of the one summed loss."""
     from rlhf.config import PPOConfig
     from rlhf.models.gpt import GPT, GPTConfig
-    from rlhf.models.heads import ScalarModel
+    from rlhf.models.heads import ScalarModel, at_positions
     from rlhf.rl import logprobs_from_logits, ppo_policy_loss, ppo_value_loss
-    from rlhf.stages.ppo import Batch, PolicyValue, at_response, micro_batch_backward
+    from rlhf.stages.ppo import Batch, PolicyValue, micro_batch_backward
 
     torch.manual_seed(0)
     if backbone == "gpt":
@@ -315,9 +315,9 @@ def test_concurrent_policy_and_value_passes_give_the_fused_loss_gradients(backbo
     model.zero_grad(set_to_none=True)
 
     logits, values_all = model(ids[rows], mask[rows])  # the fused reference: one loss, one backward
-    logprobs = logprobs_from_logits(at_response(logits, resp_pos[rows]), b.targets[rows], cfg.temperature)
+    logprobs = logprobs_from_logits(at_positions(logits, b.positions[rows]), b.targets[rows], cfg.temperature)
     pg, _ = ppo_policy_loss(logprobs, old[rows], b.advantages[rows], r_mask[rows], cfg.cliprange)
-    values = at_response(values_all, resp_pos[rows])
+    values = at_positions(values_all, b.positions[rows])
     vf, _ = ppo_value_loss(values, b.values[rows], b.returns[rows], r_mask[rows], cfg.cliprange_value)
     ((pg + cfg.vf_coef * vf) * 0.5).backward()
     assert stats["pg"] == pytest.approx(float(pg.detach()), abs=1e-6) and stats["vf"] == pytest.approx(

@@ -366,11 +366,7 @@ class GPT(nn.Module):
         blocks = self.transformer.h
         for i, block in enumerate(blocks):
             query_pos = positions if i == len(blocks) - 1 else None
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                # Keep only each block's input; its activations are recomputed in backward.
-                x = checkpoint(block.on_tokens, x, grid, query_pos, cache, i, use_reentrant=False)
-            else:
-                x = block.on_tokens(x, grid, query_pos, cache, i)
+            x = self._run_block(block.on_tokens, x, grid, query_pos, cache, i)
         if cache is not None:
             cache.key_mask[:, :T] = True if real is None else real
             cache.attn_bias = None  # the lean decode step rebuilds it from key_mask
@@ -383,12 +379,15 @@ class GPT(nn.Module):
         """Embeddings at positions `pos`, the blocks under `attn_mask`, the final LayerNorm."""
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                # Keep only each block's input; its activations are recomputed in backward.
-                x = checkpoint(block, x, attn_mask, cache, i, use_reentrant=False)
-            else:
-                x = block(x, attn_mask, cache, i)
+            x = self._run_block(block, x, attn_mask, cache, i)
         return self.transformer.ln_f(x)
+
+    def _run_block(self, fn, x: torch.Tensor, *args) -> torch.Tensor:
+        """fn(x, *args) for one block; under gradient checkpointing only its input is kept, and its activations
+        are recomputed in backward."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, x, *args, use_reentrant=False)
+        return fn(x, *args)
 
     def _segment_mask(self, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask (B, 1, T, T), positions (B, T)) of packed rows: a query sees earlier real keys of the shared

@@ -135,7 +135,7 @@ def clip_grads(model: nn.Module, max_norm: float) -> float:
     params = [p for p in model.parameters() if p.grad is not None]
     if max_norm > 0:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    # One foreach kernel, not a norm per parameter (PPO calls this after every minibatch).
+    # One foreach kernel, not a norm per parameter (SFT and the reward model log it every step).
     return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
 
 

@@ -37,7 +37,7 @@ from rlhf.errors import UserError
 from rlhf.generation import sample
 from rlhf.metrics import MetricsWriter
 from rlhf.models.build import disable_dropout, load_policy, load_scalar, save_checkpoint, save_tokenizer
-from rlhf.models.heads import ScalarModel, at_positions, hidden_at, last_token_index, scalar_head
+from rlhf.models.heads import ScalarModel, hidden_at, last_token_index, scalar_head
 from rlhf.models.lora import AdapterDisabledReference, merge_lora
 from rlhf.rl import (
     AdaptiveKLController,
@@ -173,11 +173,6 @@ def predicting(resp_pos: torch.Tensor, width: int) -> torch.Tensor:
 def response_targets(ids: torch.Tensor, resp_pos: torch.Tensor) -> torch.Tensor:
     """(B, N) the response token ids (padding after an EOS reads the row's last column: masked out)."""
     return ids.gather(1, resp_pos.clamp(max=ids.size(1) - 1))
-
-
-def at_response(x: torch.Tensor, resp_pos: torch.Tensor) -> torch.Tensor:
-    """x (B, T, ...) read at the positions that predict each response token, resp_pos - 1 -> (B, N, ...)."""
-    return at_positions(x, predicting(resp_pos, x.size(1)))
 
 
 def response_logprobs(
