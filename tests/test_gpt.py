@@ -10,7 +10,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rlhf.data.collate import pack_pairs, pad
-from rlhf.generation import filter_logits, response_mask_from_ids, sample, sample_categorical
+from rlhf.generation import (
+    filter_logits,
+    next_token_logits,
+    response_mask_from_ids,
+    sample,
+    sample_categorical,
+)
 from rlhf.models.gpt import GPT, GPTConfig
 from rlhf.models.heads import ScalarModel, last_token_index
 
@@ -134,6 +140,30 @@ def test_prefill_of_left_padded_prompts_equals_one_forward():
     assert torch.equal(cache.key_mask[:, :P], mask)
     for t, logits in enumerate(steps):
         torch.testing.assert_close(logits, full[:, P + t], atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_at_the_last_column_only_fills_the_same_cache():
+    """Sampling's prefill asks for the last column only (the last block skips every other position's attention
+    output and MLP): its logits, every layer's cached keys and values and the next decode step must be those of
+    the prefill that computes every position."""
+    model = tiny_gpt()
+    _, ids, mask = left_padded_prompts()
+    B, P = ids.shape
+    nxt = torch.randint(0, 256, (B, 1), generator=torch.Generator().manual_seed(5))
+    out = []
+    with torch.inference_mode():
+        for from_start in (True, False):
+            cache = model.new_cache(B, P + 1)
+            first = next_token_logits(model, ids, mask, cache, from_start=from_start)
+            out.append((first, cache, next_token_logits(model, nxt, None, cache)))
+    (last_only, c1, step1), (every, c2, step2) = out
+    torch.testing.assert_close(last_only, every, atol=1e-5, rtol=1e-5)
+    real = c2.key_mask[:, :P]  # slots of padding hold zeros or garbage: never attended to
+    for kv1, kv2 in ((c1.k, c2.k), (c1.v, c2.v)):
+        torch.testing.assert_close(
+            kv1[:, :, :, :P].transpose(2, 3)[:, real], kv2[:, :, :, :P].transpose(2, 3)[:, real]
+        )
+    torch.testing.assert_close(step1, step2, atol=1e-5, rtol=1e-5)
 
 
 def test_lora_wrapped_gpt_decodes_through_its_adapters():

@@ -40,12 +40,21 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def next_token_logits(model, ids: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
+def next_token_logits(
+    model, ids: torch.Tensor, mask: torch.Tensor, cache, from_start: bool = False
+) -> torch.Tensor:
     """(B, V) logits at each row's last position. Where the model exposes `hidden` and `lm_head` (the built-in
     GPT and Hugging Face policies do), the LM head reads that position only: the prefill's logits over every
     prompt position would otherwise be the largest tensor of sampling (B x P x 150k floats for a Qwen-size
-    vocabulary)."""
+    vocabulary).
+
+    `from_start`: `ids` are whole sequences (the prefill, or a step without the cache). A model that
+    `reads_positions` is then asked for the last column only, and the built-in GPT runs its last block's
+    attention output and MLP there alone (~3/4 of that block; its keys and values still cover every token)."""
     if hasattr(model, "hidden") and hasattr(model, "lm_head"):
+        if from_start and getattr(model, "reads_positions", False):
+            last = torch.full((ids.size(0), 1), ids.size(1) - 1, dtype=torch.long, device=ids.device)
+            return model.lm_head(model.hidden(ids, mask, cache, positions=last)[:, 0])
         return model.lm_head(model.hidden(ids, mask, cache)[:, -1])
     return model(ids, mask, cache)[:, -1]
 
@@ -91,7 +100,7 @@ def sample(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     mask = prompt_mask.bool()
     cache = model.new_cache(B, P + max_new_tokens) if use_cache else None
-    logits = next_token_logits(model, prompt_ids, mask, cache)  # (B, V)
+    logits = next_token_logits(model, prompt_ids, mask, cache, from_start=True)  # (B, V)
     seq, seq_mask = prompt_ids, mask
     for t in range(max_new_tokens):
         logits = logits.float()
@@ -115,7 +124,7 @@ def sample(
         else:
             seq = torch.cat([seq, tok.unsqueeze(1)], 1)
             seq_mask = torch.cat([seq_mask, live.unsqueeze(1)], 1)
-            logits = next_token_logits(model, seq, seq_mask, None)
+            logits = next_token_logits(model, seq, seq_mask, None, from_start=True)
     response_mask = response_mask_from_ids(ids, eos_id)
     return Rollout(ids, logps * response_mask, response_mask, (ids == eos_id).any(1))
 
