@@ -35,7 +35,9 @@ Each of our benchmarks runs in its own subprocess (this file with `--child NAME`
 `--trl-python`), so the peak RSS of every run is its own (`wait4`). MFU = 6*N*tokens/s over the matmul fp32 peak
 of bench_torch_baseline (`matmul_fp32_1024.gflops_median`; measured the same way in our child without TRL).
 The last line is `ratios vs TRL: ppo=... reward=... generate_b16=... generate_b64=... sft_vs_bare=...`
-(ours / theirs throughput). Results and logs go to --out (default runs/bench-compare-trl/).
+(ours / theirs throughput). With `--rounds N`, every benchmark runs N times on both sides (odd rounds ours first),
+each round's ratios are printed, and the last line gives each ratio's median over the rounds. Results and logs go
+to --out (default runs/bench-compare-trl/).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ TRL_PHASES = [  # bench_ppo.py's phase_seconds keys, in its order
     "trl_empty_cache (no-op on CPU)",
     "other",
 ]
+RATIO_NAMES = ("ppo", "reward", "generate_b16", "generate_b64", "sft_vs_bare")  # the last line's, in order
 GEN_CASES = [(1, True, 3, 20), (16, True, 3, 15), (64, True, 2, 10), (16, False, 2, 7)]  # bench_generate.py
 
 
@@ -667,6 +670,14 @@ def main() -> None:
     ap.add_argument("--only", action="append", choices=BENCHES, help="run only these benchmarks (repeatable)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of PPO and reward, ours and TRL's")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for ours (the peer uses 2)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every benchmark, both sides, this many times, alternating which side goes first; the last line "
+        "then gives each ratio's median over the rounds (this host's speed drifts 30-60%% within minutes, and "
+        "not alike for both sides)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-compare-trl", help="result.json, logs")
     ap.add_argument("--verbose", action="store_true", help="echo every subprocess's output")
     ap.add_argument(
@@ -678,6 +689,8 @@ def main() -> None:
     if a.child:
         child_main(a)
         return
+    if a.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if not a.skip_trl and a.trl_python is None:
         ap.error("--trl-python PATH is required to run the TRL peer scripts (or --skip-trl for ours only)")
     if not (a.peer_dir / "common.py").exists():
@@ -695,41 +708,72 @@ def main() -> None:
         print(warn)
     start_load = loadavg()
 
-    ours: dict = {}
-    trl: dict = {}
-    rss: dict = {}
-    meta: dict = {}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so run_process can stop its child
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # logs stream (the peer scripts print without flushing)
     peer_env = {**env, "BENCH_REPEATS": str(a.repeats), "TRL_EXPERIMENTAL_SILENCE": "1"}
     if a.smoke:
         peer_env.update(BENCH_REPEATS="1", BENCH_PPO_EPISODES="32")
-    for b in benches:
-        if not a.skip_trl:
-            script = a.peer_dir / PEER_SCRIPT[b]
-            print(f"[{b}] TRL: {a.trl_python} {script}", flush=True)
-            with tempfile.TemporaryDirectory(prefix="trl_bench_cwd_") as cwd:
-                res, wall, peak, loads = run_process(
-                    [str(a.trl_python), str(script)], a.out / f"trl_{b}.log", peer_env, Path(cwd), a.verbose
-                )
-            trl.update(res)
-            rss[f"trl_{b}"] = peak
-            meta[f"trl_{b}"] = {"wall_seconds": wall, "load_before": loads[0], "load_after": loads[1]}
-            print(f"[{b}] TRL done in {wall:.0f} s, peak RSS {peak:.0f} MiB, load {loads[0]} -> {loads[1]}")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", b, "--peer-dir", str(a.peer_dir)]
-        cmd += ["--threads", str(a.threads), "--repeats", str(a.repeats)] + (["--smoke"] if a.smoke else [])
-        print(f"[{b}] ours", flush=True)
-        res, wall, peak, loads = run_process(cmd, a.out / f"ours_{b}.log", env, ROOT, a.verbose)
-        ours.update(res)
-        rss[f"ours_{b}"] = peak
-        meta[f"ours_{b}"] = {"wall_seconds": wall, "load_before": loads[0], "load_after": loads[1]}
-        print(f"[{b}] ours done in {wall:.0f} s, peak RSS {peak:.0f} MiB, load {loads[0]} -> {loads[1]}")
+    rounds = []
+    for i in range(a.rounds):
+        ours: dict = {}
+        trl: dict = {}
+        rss: dict = {}
+        meta: dict = {}
+        tag = f"round {i + 1}/{a.rounds} " if a.rounds > 1 else ""
+        suffix = f"_r{i + 1}" if a.rounds > 1 else ""
+        for b in benches:
+            # Odd rounds run ours first: a drift of the host's speed then favours neither side.
+            for side in ("trl", "ours") if i % 2 == 0 else ("ours", "trl"):
+                if side == "trl" and not a.skip_trl:
+                    script = a.peer_dir / PEER_SCRIPT[b]
+                    print(f"{tag}[{b}] TRL: {a.trl_python} {script}", flush=True)
+                    with tempfile.TemporaryDirectory(prefix="trl_bench_cwd_") as cwd:
+                        log = a.out / f"trl_{b}{suffix}.log"
+                        res, wall, peak, loads = run_process(
+                            [str(a.trl_python), str(script)], log, peer_env, Path(cwd), a.verbose
+                        )
+                    trl.update(res)
+                    rss[f"trl_{b}"] = peak
+                    meta[f"trl_{b}"] = {"wall_seconds": wall, "load_before": loads[0], "load_after": loads[1]}
+                    print(
+                        f"{tag}[{b}] TRL done in {wall:.0f} s, peak RSS {peak:.0f} MiB, load {loads[0]} -> {loads[1]}"
+                    )
+                elif side == "ours":
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", b]
+                    cmd += [
+                        "--peer-dir",
+                        str(a.peer_dir),
+                        "--threads",
+                        str(a.threads),
+                        "--repeats",
+                        str(a.repeats),
+                    ]
+                    cmd += ["--smoke"] if a.smoke else []
+                    print(f"{tag}[{b}] ours", flush=True)
+                    res, wall, peak, loads = run_process(
+                        cmd, a.out / f"ours_{b}{suffix}.log", env, ROOT, a.verbose
+                    )
+                    ours.update(res)
+                    rss[f"ours_{b}"] = peak
+                    meta[f"ours_{b}"] = {
+                        "wall_seconds": wall,
+                        "load_before": loads[0],
+                        "load_after": loads[1],
+                    }
+                    print(
+                        f"{tag}[{b}] ours done in {wall:.0f} s, peak RSS {peak:.0f} MiB, load {loads[0]} -> {loads[1]}"
+                    )
+        rounds.append({"ours": ours, "trl": trl, "peak_rss_mib": rss, "runs": meta})
+        if a.rounds > 1:
+            _, r = figures(benches, ours, trl)
+            print(f"{tag}ratios: " + " ".join(f"{k}={r.get(k, 'n/a')}" for k in RATIO_NAMES), flush=True)
 
-    report(a, benches, ours, trl, rss, meta, start_load)
+    report(a, benches, rounds, start_load)
 
 
-def report(a, benches, ours, trl, rss, meta, start_load) -> None:
-    rows = []  # (label, ours, theirs, unit)
+def figures(benches, ours: dict, trl: dict) -> tuple[list, dict]:
+    """(rows of (label, ours, theirs, unit), ratios by RATIO_NAMES key) of one round's results."""
+    rows = []
     r = {}
     if "ppo" in benches:
         o, t = (
@@ -761,11 +805,29 @@ def report(a, benches, ours, trl, rss, meta, start_load) -> None:
         if o2 is not None:
             rows.append(("  ours with dropout 0.1 (the baseline's HF default) vs bare", o2, t, "tok/s"))
         r["sft_vs_bare"] = ratio(o, t)
+    return rows, r
 
-    print()
-    print(f"{'figure':58s} {'ours':>11s} {'TRL/bare':>11s} {'ratio':>6s}  unit")
-    for label, o, t, unit in rows:
-        print(f"{label:58s} {fmt(o):>11s} {fmt(t):>11s} {ratio(o, t):>6s}  {unit}")
+
+def median_ratio(values: list[str]) -> str:
+    """Median of one ratio over rounds ('n/a' rounds left out)."""
+    xs = [float(v) for v in values if v != "n/a"]
+    return f"{statistics.median(xs):.2f}" if xs else "n/a"
+
+
+def report(a, benches, rounds: list[dict], start_load) -> None:
+    """Every round's table, the last round's details (memory, PPO phases, MFU), result.json, the ratio line."""
+    per_round = []
+    for i, rnd in enumerate(rounds):
+        rows, r = figures(benches, rnd["ours"], rnd["trl"])
+        per_round.append(r)
+        print(f"\nround {i + 1} of {len(rounds)}" if len(rounds) > 1 else "")
+        print(f"{'figure':58s} {'ours':>11s} {'TRL/bare':>11s} {'ratio':>6s}  unit")
+        for label, o, t, unit in rows:
+            print(f"{label:58s} {fmt(o):>11s} {fmt(t):>11s} {ratio(o, t):>6s}  {unit}")
+    ours, trl, rss = rounds[-1]["ours"], rounds[-1]["trl"], rounds[-1]["peak_rss_mib"]
+    r = {k: median_ratio([pr[k] for pr in per_round]) for k in per_round[-1]}
+    if len(rounds) > 1:
+        print(f"\nthe details below are round {len(rounds)}'s")
 
     if "reward" in benches:
         ro, rt = dig(ours, "reward_ours"), dig(trl, "reward_trainer_fp32")
@@ -837,18 +899,21 @@ def report(a, benches, ours, trl, rss, meta, start_load) -> None:
         "threads_ours": a.threads,
         "repeats": a.repeats,
         "smoke": a.smoke,
-        "ours": ours,
-        "trl": trl,
-        "peak_rss_mib": rss,
-        "runs": meta,
+        **rounds[-1],  # ours, trl, peak_rss_mib, runs: the last round's (the only one by default)
         "load_start": start_load,
         "load_end": end_load,
-        "ratios": r,
+        "ratios": r,  # the median over rounds
+        "ratios_per_round": per_round,
     }
+    if len(rounds) > 1:
+        result["rounds"] = rounds
     (a.out / "result.json").write_text(json.dumps(result, indent=1))
     print(f"results: {a.out / 'result.json'}")
-    names = ("ppo", "reward", "generate_b16", "generate_b64", "sft_vs_bare")
-    print("ratios vs TRL: " + " ".join(f"{k}={r.get(k, 'n/a')}" for k in names))
+    if len(rounds) > 1:
+        for i, pr in enumerate(per_round):
+            print(f"round {i + 1}: " + " ".join(f"{k}={pr.get(k, 'n/a')}" for k in RATIO_NAMES))
+        print(f"(medians over {len(rounds)} rounds below)")
+    print("ratios vs TRL: " + " ".join(f"{k}={r.get(k, 'n/a')}" for k in RATIO_NAMES))
 
 
 if __name__ == "__main__":
