@@ -35,9 +35,9 @@ Each of our benchmarks runs in its own subprocess (this file with `--child NAME`
 `--trl-python`), so the peak RSS of every run is its own (`wait4`). MFU = 6*N*tokens/s over the matmul fp32 peak
 of bench_torch_baseline (`matmul_fp32_1024.gflops_median`; measured the same way in our child without TRL).
 The last line is `ratios vs TRL: ppo=... reward=... generate_b16=... generate_b64=... sft_vs_bare=...`
-(ours / theirs throughput). With `--rounds N`, every benchmark runs N times on both sides (odd rounds ours first),
-each round's ratios are printed, and the last line gives each ratio's median over the rounds. Results and logs go
-to --out (default runs/bench-compare-trl/).
+(ours / theirs throughput). With `--rounds N`, every benchmark runs N times on both sides (rounds 2, 4, ... run
+ours first), each round's ratios are printed, and the last line gives each ratio's median over the rounds. Results
+and logs go to --out (default runs/bench-compare-trl/).
 """
 
 from __future__ import annotations
@@ -722,7 +722,7 @@ def main() -> None:
         tag = f"round {i + 1}/{a.rounds} " if a.rounds > 1 else ""
         suffix = f"_r{i + 1}" if a.rounds > 1 else ""
         for b in benches:
-            # Odd rounds run ours first: a drift of the host's speed then favours neither side.
+            # Rounds 2, 4, ... run ours first: a drift of the host's speed then favours neither side.
             for side in ("trl", "ours") if i % 2 == 0 else ("ours", "trl"):
                 if side == "trl" and not a.skip_trl:
                     script = a.peer_dir / PEER_SCRIPT[b]
