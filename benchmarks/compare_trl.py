@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -724,49 +725,36 @@ def main() -> None:
         for b in benches:
             # Rounds 2, 4, ... run ours first: a drift of the host's speed then favours neither side.
             for side in ("trl", "ours") if i % 2 == 0 else ("ours", "trl"):
-                if side == "trl" and not a.skip_trl:
-                    script = a.peer_dir / PEER_SCRIPT[b]
-                    print(f"{tag}[{b}] TRL: {a.trl_python} {script}", flush=True)
-                    with tempfile.TemporaryDirectory(prefix="trl_bench_cwd_") as cwd:
-                        log = a.out / f"trl_{b}{suffix}.log"
-                        res, wall, peak, loads = run_process(
-                            [str(a.trl_python), str(script)], log, peer_env, Path(cwd), a.verbose
-                        )
-                    trl.update(res)
-                    rss[f"trl_{b}"] = peak
-                    meta[f"trl_{b}"] = {"wall_seconds": wall, "load_before": loads[0], "load_after": loads[1]}
-                    print(
-                        f"{tag}[{b}] TRL done in {wall:.0f} s, peak RSS {peak:.0f} MiB, load {loads[0]} -> {loads[1]}"
-                    )
-                elif side == "ours":
+                if side == "trl" and a.skip_trl:
+                    continue
+                if side == "trl":
+                    cmd = [str(a.trl_python), str(a.peer_dir / PEER_SCRIPT[b])]
+                else:
                     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", b]
-                    cmd += [
-                        "--peer-dir",
-                        str(a.peer_dir),
-                        "--threads",
-                        str(a.threads),
-                        "--repeats",
-                        str(a.repeats),
-                    ]
-                    cmd += ["--smoke"] if a.smoke else []
-                    print(f"{tag}[{b}] ours", flush=True)
-                    res, wall, peak, loads = run_process(
-                        cmd, a.out / f"ours_{b}{suffix}.log", env, ROOT, a.verbose
-                    )
-                    ours.update(res)
-                    rss[f"ours_{b}"] = peak
-                    meta[f"ours_{b}"] = {
-                        "wall_seconds": wall,
-                        "load_before": loads[0],
-                        "load_after": loads[1],
-                    }
-                    print(
-                        f"{tag}[{b}] ours done in {wall:.0f} s, peak RSS {peak:.0f} MiB, load {loads[0]} -> {loads[1]}"
-                    )
+                    cmd += ["--peer-dir", str(a.peer_dir), "--threads", str(a.threads)]
+                    cmd += ["--repeats", str(a.repeats)] + (["--smoke"] if a.smoke else [])
+                run_env, results = (peer_env, trl) if side == "trl" else (env, ours)
+                who = "TRL" if side == "trl" else "ours"
+                print(f"{tag}[{b}] {who}: {' '.join(cmd)}", flush=True)
+                # The peer scripts write their trainers' output to the working directory: a throwaway one.
+                where = (
+                    tempfile.TemporaryDirectory(prefix="trl_bench_cwd_")
+                    if side == "trl"
+                    else nullcontext(ROOT)
+                )
+                with where as cwd:
+                    log = a.out / f"{side}_{b}{suffix}.log"
+                    res, wall, peak, loads = run_process(cmd, log, run_env, Path(cwd), a.verbose)
+                results.update(res)
+                rss[f"{side}_{b}"] = peak
+                meta[f"{side}_{b}"] = {"wall_seconds": wall, "load_before": loads[0], "load_after": loads[1]}
+                print(
+                    f"{tag}[{b}] {who} done in {wall:.0f} s, peak RSS {peak:.0f} MiB, load {loads[0]} -> {loads[1]}"
+                )
         rounds.append({"ours": ours, "trl": trl, "peak_rss_mib": rss, "runs": meta})
         if a.rounds > 1:
             _, r = figures(benches, ours, trl)
-            print(f"{tag}ratios: " + " ".join(f"{k}={r.get(k, 'n/a')}" for k in RATIO_NAMES), flush=True)
+            print(f"{tag}{ratio_line(r)}", flush=True)
 
     report(a, benches, rounds, start_load)
 
@@ -806,6 +794,11 @@ def figures(benches, ours: dict, trl: dict) -> tuple[list, dict]:
             rows.append(("  ours with dropout 0.1 (the baseline's HF default) vs bare", o2, t, "tok/s"))
         r["sft_vs_bare"] = ratio(o, t)
     return rows, r
+
+
+def ratio_line(r: dict) -> str:
+    """`ppo=<x> reward=<x> ...`: the ratios of RATIO_NAMES in order, 'n/a' for a benchmark not run."""
+    return " ".join(f"{k}={r.get(k, 'n/a')}" for k in RATIO_NAMES)
 
 
 def median_ratio(values: list[str]) -> str:
@@ -911,9 +904,9 @@ def report(a, benches, rounds: list[dict], start_load) -> None:
     print(f"results: {a.out / 'result.json'}")
     if len(rounds) > 1:
         for i, pr in enumerate(per_round):
-            print(f"round {i + 1}: " + " ".join(f"{k}={pr.get(k, 'n/a')}" for k in RATIO_NAMES))
+            print(f"round {i + 1}: {ratio_line(pr)}")
         print(f"(medians over {len(rounds)} rounds below)")
-    print("ratios vs TRL: " + " ".join(f"{k}={r.get(k, 'n/a')}" for k in RATIO_NAMES))
+    print(f"ratios vs TRL: {ratio_line(r)}")
 
 
 if __name__ == "__main__":
