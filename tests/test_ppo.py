@@ -366,3 +366,62 @@ def test_first_epoch_through_the_rollouts_own_forward_equals_a_fresh_forward():
     for (n, p), q in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=lambda m, n=n: f"{n}: {m}")
     assert (model.policy.lm_head.weight - start).abs().max() > 1e-3  # the update did move the weights
+
+
+# ------------------------------------------------------------------------------------------------ pinned figures
+# Figures of the tiny runs above, recorded from the code before the on-policy loop was reshaped into rollout /
+# rewards / advantages / update (issue 17): the reshape must not change a single number. The values are this
+# machine class's float32 arithmetic on one thread; they hold to ~1e-7 (the tolerance leaves room for nothing more).
+PINNED = {
+    "objective/kl": [0.0, -0.029859453439712524, 0.04548698663711548, 0.046523720026016235, 0.10987594723701477,
+                     0.20876318216323853, -0.13641926646232605, 0.21920976042747498, 0.14734771847724915,
+                     0.1414336860179901, 0.2162318229675293, 0.24965187907218933],
+    "objective/scores": [1.8063706159591675, 0.6012338399887085, 2.7194526195526123, 2.2942264080047607,
+                         1.5456032752990723, 1.9366587400436401, 1.1260960102081299, 2.445312976837158,
+                         1.8907337188720703, 1.6238689422607422, 1.818298578262329, 1.873176097869873],
+    "loss/policy_avg": [-0.012787194922566414, -0.008988083573058248, -0.002322208136320114, 0.04173409938812256,
+                        0.013414900749921799, -0.008517569862306118, 0.013798782601952553, 0.02499898336827755,
+                        0.009821921586990356, 0.004917994141578674, -0.0019071362912654877,
+                        -0.0030935630202293396],
+    "loss/value_avg": [2.0880387127399445, 1.4838027358055115, 0.7547623440623283, 0.3490271642804146,
+                       1.196601277217269, 0.5155175924301147, 0.41924410313367844, 0.617294255644083,
+                       0.615312572568655, 1.4549364298582077, 0.22081472352147102, 0.30461059883236885],
+    "gold/score": [-0.878, -0.75, -1.0, -1.0, -0.87875, -0.9375, -0.753, -0.9375, -0.9375, -0.81325, -0.94275,
+                   -0.939],
+}  # fmt: skip
+PINNED_NORM = 11.945915289594648  # L2 norm of every final policy weight
+# --mini-batches 1 (the rollout's forward is the first epoch's), a shared value head, k3 and reward whitening.
+PINNED_FUSED = {
+    "objective/kl": [0.0, 0.00059351, 0.00184045, 0.00298337, 0.0059824, 0.00474167, 0.00787683, 0.00995244,
+                     0.01254243, 0.01982467, 0.02244758, 0.01657165],
+    "objective/scores": [1.80637062, 0.60123384, 2.67460752, 2.4352119, 1.37072074, 1.92691052, 0.99727023,
+                         2.43710279, 1.18766284, 1.34231567, 1.85985887, 1.89851117],
+    "loss/policy_avg": [-0.00243633, -0.00126134, -0.00099073, -0.00075309, -0.00103647, -0.00121076, -0.00110236,
+                        -0.00082689, -0.00066935, -0.00100436, -0.00045304, -0.00050578],
+    "loss/value_avg": [1.77593678, 2.90691245, 0.63680989, 0.91369122, 1.93909758, 1.50658333, 1.78918809,
+                       1.10653168, 2.08650208, 2.27353334, 0.90162593, 1.57171601],
+}  # fmt: skip
+PINNED_FUSED_NORM = 11.945633391773436
+
+
+def _weight_norm(out) -> float:
+    return float(sum((t.double() ** 2).sum() for t in load_file(str(out / "model.safetensors")).values()) ** 0.5)
+
+
+def _assert_pinned(out, pinned: dict, norm: float) -> None:
+    rows = read_metrics(out / "metrics.jsonl")
+    for name, values in pinned.items():
+        assert [r[name] for r in rows] == pytest.approx(values, rel=1e-5, abs=2e-7), name
+    assert _weight_norm(out) == pytest.approx(norm, rel=1e-9)
+
+
+def test_ppo_gives_the_pinned_figures(ppo_run):
+    out, _, _ = ppo_run
+    _assert_pinned(out, PINNED, PINNED_NORM)
+
+
+def test_ppo_fused_shared_k3_gives_the_pinned_figures(tiny_sft, tiny_reward, tmp_path):
+    out = tmp_path / "fused"
+    cli.run(["ppo", *_models(tiny_sft, tiny_reward), *PPO, "--mini-batches", "1", "--value-model", "shared",
+             "--kl-estimator", "k3", "--whiten-rewards", "--out", str(out)])  # fmt: skip
+    _assert_pinned(out, PINNED_FUSED, PINNED_FUSED_NORM)
