@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 
 from rlhf import cli
 from rlhf.distributed import (
+    all_reduce_sum,
     exit_after_success,
     init,
-    masked_whiten_global,
     reduce_metrics,
     shard,
     share,
@@ -95,7 +95,7 @@ def _collectives_worker(rank: int, port: int, out: str) -> None:
     result = {
         "world": world(),
         "rows": list(rows),
-        "whitened": masked_whiten_global(x[rows], mask[rows]).tolist(),
+        "whitened": masked_whiten(x[rows], mask[rows], all_reduce=all_reduce_sum).tolist(),
         "shard_of_one": shard(["only"]),
         "metrics": reduce_metrics({"loss": float(rank), "count": rank + 1, "name": "x"}, sums=("count",)),
         "shared": share({"from": rank}),
@@ -125,8 +125,6 @@ def test_collectives_with_two_processes(tmp_path):
 def test_one_process_helpers_are_identity():
     assert world() == 1
     assert shard([3, 1, 2]) == ([3, 1, 2], True)
-    x, mask = whiten_inputs()
-    assert torch.equal(masked_whiten_global(x, mask), masked_whiten(x, mask))
     assert reduce_metrics({"loss": 1.5}) == {"loss": 1.5} and share({"a": 1}) == {"a": 1}
 
 

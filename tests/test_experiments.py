@@ -9,7 +9,6 @@ import json
 import re
 
 import pytest
-import torch
 
 from browser import images_in_browser
 from rlhf import cli
@@ -17,7 +16,6 @@ from rlhf.eval.report import build_report
 from rlhf.experiments.common import line_plot, tail_mean
 from rlhf.experiments.overoptimization import binned_curve, peak_of
 from rlhf.metrics import read_metrics
-from rlhf.stages.ppo import weighted_scores
 from rlhf.tasks import InstructTask
 from rlhf.tasks.judge import components
 
@@ -47,15 +45,6 @@ def test_concise_labels_prefer_short_and_helpful_labels_prefer_padding_over_conc
     # concise part: brevity alone; helpful part: a small bonus for length (the verbosity trap), 0.2*(1-concise).
     assert components(prompt, concise)["concise"] > components(prompt, padded)["concise"]
     assert components(prompt, padded)["helpful"] > components(prompt, concise)["helpful"]
-
-
-def test_weighted_scores_by_hand():
-    helpful, concise = torch.tensor([1.0, -1.0, 0.5]), torch.tensor([2.0, 0.0, -0.5])
-    # 0.7*1 + 0.3*2 = 1.3; 0.7*-1 + 0.3*0 = -0.7; 0.7*0.5 + 0.3*-0.5 = 0.2
-    torch.testing.assert_close(
-        weighted_scores([helpful, concise], [0.7, 0.3]), torch.tensor([1.3, -0.7, 0.2])
-    )
-    torch.testing.assert_close(weighted_scores([helpful], [1.0]), helpful)
 
 
 def test_binned_curve_and_peak_by_hand():
@@ -123,7 +112,7 @@ def test_ppo_rejects_a_weight_count_that_does_not_match(tiny_sft, tiny_reward, t
             + ["--reward-weights", "0.7", "0.3"]
         )
     assert exit_.value.code == 2
-    assert "--reward-weights has 2 values for 1 reward models" in capsys.readouterr().err
+    assert "--reward-weights has 2 values for 1 reward source " in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ CLI + schemas

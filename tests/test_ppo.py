@@ -1,4 +1,4 @@
-"""Stage 3 (PPO): right-alignment and per-token rewards by hand, a tiny end-to-end run, a frozen reference,
+"""Stage 3 (PPO): right-alignment by hand, a tiny end-to-end run, a frozen reference,
 exact resume (copied checkpoint and a real SIGKILL), and the variants (shared value head, adaptive KL, length reward).
 """
 
@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from rlhf import cli
 from rlhf.metrics import read_metrics
 from rlhf.models.build import load_policy
-from rlhf.stages.ppo import per_token_rewards, right_align
+from rlhf.rollout import right_align
 
 PAD, BOS, EOS = 256, 257, 258
 
@@ -44,23 +44,6 @@ def test_right_align_by_hand():
     # Trailing all-pad columns are trimmed: row 0 alone is 4 wide.
     ids0, mask0, pos0 = right_align(p_ids[:1], p_mask[:1], r_ids[:1], r_mask[:1], PAD)
     assert ids0.tolist() == [[5, 6, 11, EOS]] and mask0.all() and pos0.tolist() == [[2, 3, 4]]
-
-
-def test_per_token_rewards_by_hand():
-    rewards, non_score = per_token_rewards(
-        torch.tensor([1.0]), torch.tensor([[0.1, 0.2, 0.3]]), torch.tensor([[1.0, 1.0, 0.0]]), 0.5
-    )
-    torch.testing.assert_close(non_score, torch.tensor([[-0.05, -0.1, 0.0]]))
-    # The score lands on the last real token (the EOS), not on the padding after it.
-    torch.testing.assert_close(rewards, torch.tensor([[-0.05, 1.0 - 0.1, 0.0]]))
-    # No EOS: the score goes on the last column; two rows at once.
-    rewards, _ = per_token_rewards(
-        torch.tensor([2.0, -1.0]),
-        torch.zeros(2, 3),
-        torch.tensor([[True, True, True], [True, False, False]]),
-        0.5,
-    )
-    assert rewards.tolist() == [[0.0, 0.0, 2.0], [-1.0, 0.0, 0.0]]
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -232,9 +215,9 @@ def test_one_minibatch_trains_through_the_rollouts_own_forward(
     handed = []
     update = ppo_module.ppo_update
 
-    def recording(model, opt, batch, cfg, n, first_pass=None):
-        handed.append(first_pass is not None)
-        return update(model, opt, batch, cfg, n, first_pass)
+    def recording(model, opt, exp, *args):
+        handed.append(exp.graph is not None)
+        return update(model, opt, exp, *args)
 
     monkeypatch.setattr(ppo_module, "ppo_update", recording)
     out = tmp_path / layout
@@ -273,6 +256,19 @@ def test_length_reward_runs(tiny_sft, tiny_reward, tmp_path):
 
 
 # ------------------------------------------------------------------------------- the update's two passes
+def _experience(ids, mask, resp_pos, r_mask, old, ref, values, graph=None):
+    """An Experience of hand-made tensors (the fields the update reads)."""
+    from rlhf.rollout import Experience
+
+    B = ids.size(0)
+    return Experience(
+        ids=ids, mask=mask, resp_pos=resp_pos, response_mask=r_mask, logprobs=old, sampler_logprobs=old,
+        ref_logprobs=ref, values=values, entropy=torch.zeros_like(old), scores=torch.zeros(B),
+        score_parts=[], finished=torch.ones(B, dtype=torch.bool), group=torch.arange(B), prompts=[""] * B,
+        texts=[""] * B, gold=[], graph=graph,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("backbone", ["gpt", "hf"])
 def test_concurrent_policy_and_value_passes_give_the_fused_loss_gradients(backbone):
     """Separate policy and value models run their backward passes side by side (rlhf.concurrent) and the
@@ -280,8 +276,9 @@ def test_concurrent_policy_and_value_passes_give_the_fused_loss_gradients(backbo
     from rlhf.config import PPOConfig
     from rlhf.models.gpt import GPT, GPTConfig
     from rlhf.models.heads import ScalarModel, at_positions
+    from rlhf.models.policy_value import PolicyValue
     from rlhf.rl import logprobs_from_logits, ppo_policy_loss, ppo_value_loss
-    from rlhf.stages.ppo import Batch, PolicyValue, micro_batch_backward
+    from rlhf.stages.ppo_update import micro_batch_backward
 
     torch.manual_seed(0)
     if backbone == "gpt":
@@ -305,23 +302,28 @@ def test_concurrent_policy_and_value_passes_give_the_fused_loss_gradients(backbo
     r_mask = torch.ones(B, N, dtype=torch.bool)
     r_mask[1, -1] = False
     old = torch.randn(B, N) - 3.0
-    b = Batch(ids, mask, resp_pos, r_mask, old, old, torch.randn(B, N), torch.randn(B, N), torch.randn(B, N))
+    exp = _experience(ids, mask, resp_pos, r_mask, old, old, torch.randn(B, N))
+    advantages, returns = torch.randn(B, N), torch.randn(B, N)
     cfg = PPOConfig(temperature=0.7, vf_coef=0.1)
     rows = torch.tensor([2, 0, 3])
+    # The minibatch is twice these rows' tokens: each part of the loss is normalised by the whole's count.
+    num_tokens = 2 * r_mask[rows].sum()
 
     torch.set_num_threads(2)  # two threads: the passes really run concurrently
-    stats = micro_batch_backward(model, b, rows, 0.5, cfg)
+    stats = micro_batch_backward(model, exp, advantages, returns, r_mask, rows, num_tokens, 6, cfg, 0.0)
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
 
     logits, values_all = model(ids[rows], mask[rows])  # the fused reference: one loss, one backward
-    logprobs = logprobs_from_logits(at_positions(logits, b.positions[rows]), b.targets[rows], cfg.temperature)
-    pg, _ = ppo_policy_loss(logprobs, old[rows], b.advantages[rows], r_mask[rows], cfg.cliprange)
-    values = at_positions(values_all, b.positions[rows])
-    vf, _ = ppo_value_loss(values, b.values[rows], b.returns[rows], r_mask[rows], cfg.cliprange_value)
+    logprobs = logprobs_from_logits(
+        at_positions(logits, exp.positions[rows]), exp.targets[rows], cfg.temperature
+    )
+    pg, _ = ppo_policy_loss(logprobs, old[rows], advantages[rows], r_mask[rows], cfg.cliprange)
+    values = at_positions(values_all, exp.positions[rows])
+    vf, _ = ppo_value_loss(values, exp.values[rows], returns[rows], r_mask[rows], cfg.cliprange_value)
     ((pg + cfg.vf_coef * vf) * 0.5).backward()
-    assert stats["pg"] == pytest.approx(float(pg.detach()), abs=1e-6) and stats["vf"] == pytest.approx(
-        float(vf.detach()), abs=1e-6
+    assert stats["pg"] == pytest.approx(float(pg.detach()) / 2, abs=1e-6) and stats["vf"] == pytest.approx(
+        float(vf.detach()) / 2, abs=1e-6
     )
     for n, p in model.named_parameters():
         torch.testing.assert_close(got[n], p.grad, atol=1e-6, rtol=1e-5, msg=n)
@@ -336,8 +338,10 @@ def test_first_epoch_through_the_rollouts_own_forward_equals_a_fresh_forward():
     from rlhf.config import OptimConfig, PPOConfig
     from rlhf.models.gpt import GPT, GPTConfig
     from rlhf.models.heads import ScalarModel
+    from rlhf.models.policy_value import PolicyValue
     from rlhf.rl import logprobs_from_logits
-    from rlhf.stages.ppo import Batch, PolicyValue, ppo_update
+    from rlhf.stages.common import autocast
+    from rlhf.stages.ppo_update import ppo_update
 
     torch.manual_seed(0)
     arch = GPTConfig(n_layer=2, n_embd=32, n_head=2, block_size=32)
@@ -353,15 +357,21 @@ def test_first_epoch_through_the_rollouts_own_forward_equals_a_fresh_forward():
     r_mask[1, -1] = False
     cfg = PPOConfig(mini_batches=1, ppo_epochs=3, temperature=0.7, optim=OptimConfig(grad_clip=1.0))
     pos = (resp_pos - 1).clamp(0, T - 1)
-    first = model.forward_concurrently(ids, mask, pos, cfg.dtype)
+    first = model.forward_concurrently(ids, mask, pos, lambda: autocast("fp32"))
     logits, values = (t.detach() for t in first)
     old = logprobs_from_logits(logits, ids.gather(1, resp_pos), cfg.temperature)
-    b = Batch(ids, mask, resp_pos, r_mask, old, old - 0.1, values, torch.randn(B, N), torch.randn(B, N))
+    advantages, returns = torch.randn(B, N), torch.randn(B, N)
 
     # Plain SGD: Adam would blow the float noise of gradients that are zero in exact arithmetic (the key biases)
     # up to full-size steps, and the two runs sum the rows of their first epoch in different orders.
-    stats = ppo_update(model, torch.optim.SGD(model.parameters(), lr=0.5), b, cfg, 0, first)
-    fresh = ppo_update(twin, torch.optim.SGD(twin.parameters(), lr=0.5), b, cfg, 0)
+    exp = _experience(ids, mask, resp_pos, r_mask, old, old - 0.1, values, graph=first)
+    stats = ppo_update(
+        model, torch.optim.SGD(model.parameters(), lr=0.5), exp, advantages, returns, cfg, 0, 0.0
+    )
+    exp.graph = None
+    fresh = ppo_update(
+        twin, torch.optim.SGD(twin.parameters(), lr=0.5), exp, advantages, returns, cfg, 0, 0.0
+    )
     assert stats == pytest.approx(fresh, abs=1e-6)
     for (n, p), q in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=lambda m, n=n: f"{n}: {m}")
@@ -405,7 +415,9 @@ PINNED_FUSED_NORM = 11.945633391773436
 
 
 def _weight_norm(out) -> float:
-    return float(sum((t.double() ** 2).sum() for t in load_file(str(out / "model.safetensors")).values()) ** 0.5)
+    return float(
+        sum((t.double() ** 2).sum() for t in load_file(str(out / "model.safetensors")).values()) ** 0.5
+    )
 
 
 def _assert_pinned(out, pinned: dict, norm: float) -> None:

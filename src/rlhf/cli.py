@@ -33,8 +33,14 @@ COMMANDS: dict[str, Command] = {
         C.RewardEvalConfig, "rlhf.stages.reward:run_reward_eval", "Accuracy + calibration of a reward model"
     ),
     "ppo": Command(
-        C.PPOConfig, "rlhf.stages.ppo:train_ppo", "Stage 3: PPO with a KL penalty to the SFT reference"
+        C.PPOConfig,
+        "rlhf.stages.ppo:train_ppo",
+        "Stage 3: PPO (GAE + value model), KL penalty to the SFT reference",
     ),
+    "grpo": Command(
+        C.GRPOConfig, "rlhf.stages.ppo:train_ppo", "Stage 3: GRPO (group-normalised scores, KL in the loss)"
+    ),
+    "rloo": Command(C.RLOOConfig, "rlhf.stages.ppo:train_ppo", "Stage 3: RLOO (leave-one-out baseline)"),
     "compare": Command(
         C.CompareConfig, "rlhf.eval.compare:run_compare", "SFT vs PPO: gold, proxy, KL, samples"
     ),

@@ -316,32 +316,47 @@ class RewardEvalConfig(RunConfig):
     """Bins of the reliability table."""
 
 
+BUILTIN_REWARD_FNS = ("model", "length", "gold")
+
+
 @dataclass
 class PPOConfig(TrainConfig):
-    """Stage 3: PPO against the reward model with a per-token KL penalty to the frozen SFT reference."""
+    """Stage 3, on-policy RL (`rlhf ppo`): PPO with GAE and a value model, against a reward model, with a per-token
+    KL penalty to the frozen SFT reference. `rlhf grpo` and `rlhf rloo` run the same loop with other defaults;
+    docs/algorithms.md has each algorithm's equations."""
 
     out: Path = Path("runs/ppo")
     """Directory for the policy checkpoint, metrics.jsonl and summary.json."""
     sft: Path = Path("runs/sft")
     """SFT checkpoint: the policy's starting point and the frozen reference."""
     reward: Path = Path("runs/reward")
-    """Reward model checkpoint (frozen)."""
-    extra_rewards: list[Path] = field(default_factory=list)
-    """More reward model checkpoints (frozen): the score becomes a weighted sum of all normalised scores."""
+    """Reward model checkpoint (frozen): scores rollouts with --reward-fn model; a separate value model starts from it."""
+    reward_fn: str = "model"
+    """The score of a rollout: 'model' (the --reward model), 'length' (the flawed len(response)/100), 'gold' (the
+    built-in task's judge: an oracle), or a Python function 'path/to/file.py:name' / 'package.module:name' called
+    as fn(prompts, completions, **columns) -> list[float], columns = the prompt file's other columns."""
+    extra_rewards: list[str] = field(default_factory=list)
+    """More reward sources (reward model checkpoint dirs or function specs): the score becomes the weighted sum."""
     reward_weights: list[float] = field(default_factory=list)
-    """Weights of --reward and then each --extra-rewards (none = 1 each), e.g. 0.7 0.3."""
+    """Weights of --reward-fn and then each --extra-rewards (none = 1 each), e.g. 0.7 0.3."""
     prompts: Path | None = None
-    """Prompt file (any schema with a prompt column); none = the built-in task's training prompts."""
+    """Prompt file (any schema with a prompt column; other columns reach reward functions); none = built-in task."""
     keys: DataKeys = field(default_factory=DataKeys)
     task: TaskConfig = field(default_factory=TaskConfig)
-    value_model: Literal["separate", "shared"] = "separate"
-    """'separate': a value model initialised from the reward model (Huang et al.); 'shared': a value head on the policy trunk."""
+    advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "gae"
+    """Advantage estimator: 'gae' (needs a value model), 'grpo' (group-normalised score), 'rloo' (leave-one-out
+    baseline), 'reinforce++' (discounted KL-penalised returns whitened over the batch)."""
+    samples_per_prompt: int = 1
+    """G completions per prompt, sampled as consecutive rows: one group (grpo and rloo compare within it)."""
+    value_model: Literal["separate", "shared", "none"] = "separate"
+    """'separate': a value model initialised from the reward model (Huang et al.); 'shared': a value head on the
+    policy trunk; 'none': no value model (critic-free advantages)."""
     episodes: int = 4096
-    """Total prompts to sample (episodes) over the run."""
+    """Total prompts to sample over the run (each gives --samples-per-prompt completions)."""
     rollout_batch: int = 64
-    """Prompts sampled per PPO update."""
+    """Prompts sampled per update (completions per update: rollout-batch x samples-per-prompt)."""
     mini_batches: int = 2
-    """Minibatches per PPO epoch."""
+    """Minibatches per epoch over each update's completions (one optimizer step each)."""
     ppo_epochs: int = 4
     """Passes over each rollout batch (InstructGPT used 4)."""
     response_length: int = 32
@@ -356,42 +371,146 @@ class PPOConfig(TrainConfig):
     value_lr_mult: float = 10.0
     """The value model's learning rate as a multiple of the policy's (OpenRLHF's defaults are 9x)."""
     kl_coef: float = 0.05
-    """Initial beta of the per-token KL penalty -beta*kl_t."""
+    """Initial beta of the KL term (0 = no KL and no reference model loaded)."""
+    kl_in: Literal["reward", "loss"] = "reward"
+    """Where the KL goes: 'reward' = a per-token penalty -beta*kl_t in the reward; 'loss' = beta*agg(kl_t) added to
+    the policy loss (GRPO)."""
     kl_target: float = 0.0
     """Target KL for the adaptive controller (Ziegler et al.); 0 = fixed beta."""
     kl_horizon: int = 10000
     """Horizon of the adaptive KL controller, in episodes."""
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k1"
-    """Per-token KL estimator in the penalty."""
+    """Per-token KL estimator (k3 with --kl-in loss, as GRPO)."""
     gamma: float = 1.0
-    """Discount of GAE."""
+    """Discount of GAE and of REINFORCE++'s returns."""
     lam: float = 0.95
     """Lambda of GAE."""
     cliprange: float = 0.2
-    """PPO ratio clip epsilon."""
+    """PPO ratio clip epsilon (the lower side, and the upper unless --cliprange-high)."""
+    cliprange_high: float = -1.0
+    """Upper clip epsilon (DAPO clip-higher, e.g. 0.28); negative = --cliprange."""
     cliprange_value: float = 0.2
     """Value clip range."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
     entropy_coef: float = 0.0
     """Entropy bonus weight (0 = off)."""
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    """How per-token losses become one: mean over all tokens; mean over rows of each row's mean; or the sum over
+    tokens / (rows x --response-length) (Dr. GRPO)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """GRPO: divide centred scores by the group's std, the whole batch's std, or nothing (Dr. GRPO)."""
+    mask_truncated: bool = False
+    """Completions that hit --response-length without EOS get no loss (DAPO overlong masking)."""
     normalize_reward: bool = True
-    """Normalise scores with the reward model's stored mean/std (from its training)."""
+    """Normalise reward-model scores with the reward model's stored mean/std (from its training)."""
     reward_clip: float = 5.0
-    """Clip normalised scores to +-reward_clip (0 = off)."""
+    """Clip normalised reward-model scores to +-reward_clip (0 = off)."""
     whiten_rewards: bool = False
-    """Whiten the per-token rewards of each batch before GAE."""
+    """Whiten the per-token rewards of each batch before the advantages (scale only)."""
     missing_eos_penalty: float = 1.0
     """Subtracted from the score of a response that never produced EOS (the 'EOS trick')."""
-    reward_fn: Literal["model", "length", "gold"] = "model"
-    """'model': the reward model; 'length': the flawed len(response)/100 reward; 'gold': the task's gold judge
-    (an oracle, built-in task only: separates PPO's behaviour from the reward model's flaws)."""
     log_every: int = 1
     """Log metrics every N updates."""
     save_every: int = 16
     """Write a resume checkpoint every N updates."""
     resume: bool = False
     """Continue from the newest resume checkpoint in --out."""
+
+    def __post_init__(self):
+        if self.cliprange_high < 0:
+            self.cliprange_high = self.cliprange
+        for name, value in (
+            ("--samples-per-prompt", self.samples_per_prompt),
+            ("--rollout-batch", self.rollout_batch),
+            ("--mini-batches", self.mini_batches),
+            ("--ppo-epochs", self.ppo_epochs),
+        ):
+            if value < 1:
+                raise UserError(f"{name} must be >= 1, got {value}")
+        if self.advantage == "gae" and self.value_model == "none":
+            raise UserError(
+                "--advantage gae needs a value model: use --value-model separate|shared, or "
+                "--advantage grpo|rloo|reinforce++"
+            )
+        if self.advantage in ("grpo", "rloo") and self.samples_per_prompt < 2:
+            raise UserError(
+                f"--advantage {self.advantage} compares the completions of one prompt: it needs "
+                f"--samples-per-prompt >= 2, got {self.samples_per_prompt}"
+            )
+        for spec in self.extra_rewards:
+            if str(spec) in BUILTIN_REWARD_FNS:
+                raise UserError(f"--extra-rewards takes reward model directories or functions, got {spec!r}")
+        if self.reward_fn not in BUILTIN_REWARD_FNS and ":" not in self.reward_fn:
+            raise UserError(
+                f"--reward-fn must be one of {', '.join(BUILTIN_REWARD_FNS)} or a function "
+                f"'path/to/file.py:name' / 'package.module:name', got {self.reward_fn!r}"
+            )
+        if self.reward_weights and len(self.reward_weights) != 1 + len(self.extra_rewards):
+            n = 1 + len(self.extra_rewards)
+            raise UserError(
+                f"--reward-weights has {len(self.reward_weights)} values for {n} reward source"
+                f"{'s' if n > 1 else ''} (--reward-fn, then each --extra-rewards)"
+            )
+
+
+@dataclass
+class GRPOConfig(PPOConfig):
+    """`rlhf grpo`: GRPO (Shao et al. 2024) - G completions per prompt, advantage = the score normalised within its
+    group, no value model, KL to the reference in the loss (k3, beta 0.04), one gradient step per rollout batch.
+    Same loop and options as `rlhf ppo`; only the defaults differ."""
+
+    out: Path = Path("runs/grpo")
+    """Directory for the policy checkpoint, metrics.jsonl and summary.json."""
+    advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "grpo"
+    """Advantage estimator: 'gae' (needs a value model), 'grpo' (group-normalised score), 'rloo' (leave-one-out
+    baseline), 'reinforce++' (discounted KL-penalised returns whitened over the batch)."""
+    samples_per_prompt: int = 4
+    """G completions per prompt, sampled as consecutive rows: one group (grpo and rloo compare within it)."""
+    value_model: Literal["separate", "shared", "none"] = "none"
+    """'separate': a value model initialised from the reward model (Huang et al.); 'shared': a value head on the
+    policy trunk; 'none': no value model (critic-free advantages)."""
+    episodes: int = 1024
+    """Total prompts to sample over the run (each gives --samples-per-prompt completions)."""
+    rollout_batch: int = 16
+    """Prompts sampled per update (completions per update: rollout-batch x samples-per-prompt)."""
+    mini_batches: int = 1
+    """Minibatches per epoch over each update's completions (one optimizer step each)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch (TRL's num_iterations)."""
+    kl_coef: float = 0.04
+    """Initial beta of the KL term (0 = no KL and no reference model loaded)."""
+    kl_in: Literal["reward", "loss"] = "loss"
+    """Where the KL goes: 'reward' = a per-token penalty -beta*kl_t in the reward; 'loss' = beta*agg(kl_t) added to
+    the policy loss (GRPO)."""
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k3"
+    """Per-token KL estimator (k3 with --kl-in loss, as GRPO)."""
+
+
+@dataclass
+class RLOOConfig(PPOConfig):
+    """`rlhf rloo`: RLOO (Ahmadian et al. 2024) - G completions per prompt, advantage = the KL-penalised score minus
+    the mean of the prompt's other G-1, no value model, one gradient step per rollout batch. Same loop and options
+    as `rlhf ppo`; only the defaults differ."""
+
+    out: Path = Path("runs/rloo")
+    """Directory for the policy checkpoint, metrics.jsonl and summary.json."""
+    advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "rloo"
+    """Advantage estimator: 'gae' (needs a value model), 'grpo' (group-normalised score), 'rloo' (leave-one-out
+    baseline), 'reinforce++' (discounted KL-penalised returns whitened over the batch)."""
+    samples_per_prompt: int = 4
+    """G completions per prompt, sampled as consecutive rows: one group (grpo and rloo compare within it)."""
+    value_model: Literal["separate", "shared", "none"] = "none"
+    """'separate': a value model initialised from the reward model (Huang et al.); 'shared': a value head on the
+    policy trunk; 'none': no value model (critic-free advantages)."""
+    episodes: int = 1024
+    """Total prompts to sample over the run (each gives --samples-per-prompt completions)."""
+    rollout_batch: int = 16
+    """Prompts sampled per update (completions per update: rollout-batch x samples-per-prompt)."""
+    mini_batches: int = 1
+    """Minibatches per epoch over each update's completions (one optimizer step each)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch (TRL's num_iterations)."""
 
 
 @dataclass

@@ -171,26 +171,6 @@ def share(obj: T | None) -> T:
     return box[0]
 
 
-def masked_whiten_global(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """`rl.masked_whiten` with the mean and (unbiased) variance of the masked positions of ALL processes' batches,
-    so 2 processes x B/2 rollouts are whitened like 1 process x B. One process: exactly `rl.masked_whiten`."""
-    from rlhf.rl.advantages import WHITEN_EPS, masked_whiten
-
-    if world() == 1:
-        return masked_whiten(x, mask, shift_mean)
-    valid = mask.bool()
-    zero = torch.zeros_like(x)
-    stats = torch.stack([torch.where(valid, x, zero).sum(), valid.sum().to(x.dtype)]).double()
-    total, count = all_reduce_sum(stats).to(x.device).unbind()
-    mean = (total / count).to(x.dtype)
-    sq = all_reduce_sum(torch.where(valid, (x - mean) ** 2, zero).sum().double()).to(x.device)
-    var = (sq / torch.clamp(count - 1, min=1)).to(x.dtype)  # Bessel's correction, as masked_var
-    whitened = (x - mean) * torch.rsqrt(var + WHITEN_EPS)
-    if not shift_mean:
-        whitened = whitened + mean
-    return torch.where(valid, whitened, zero)
-
-
 # ------------------------------------------------------------------------------------------------ models
 class _Method(nn.Module):
     """Makes `forward` call another method of `inner` (DDP only synchronises gradients of work done through its

@@ -469,3 +469,21 @@ def load_sft(path: str | Path, keys: ColumnKeys = DEFAULT_KEYS) -> list[SFTExamp
 def load_prompts(path: str | Path, keys: ColumnKeys = DEFAULT_KEYS) -> list[str]:
     """Prompts for PPO rollouts, from a file of any schema."""
     return prompts_from_rows(path, read_rows(path), keys)
+
+
+def load_prompt_table(path: str | Path, keys: ColumnKeys = DEFAULT_KEYS) -> tuple[list[str], dict[str, list]]:
+    """Prompts as `load_prompts` returns them, plus every other column of the file, for reward functions.
+
+    The columns map each field name (the prompt field excluded) to one value per prompt, in file order; a
+    row without a field that other rows have gets None there. Values are as stored: CSV cells are strings.
+    HH-style transcript files have no per-prompt columns (their fields are the transcripts), so they give
+    an empty dict.
+    """
+    rows = read_rows(path)
+    schema = detect_schema(rows, keys, path)
+    prompts = prompts_from_rows(path, rows, keys, schema)
+    if schema == "pairs_implicit":
+        return prompts, {}
+    # dict.fromkeys keeps first-seen order, so columns come out in the order the file introduces them.
+    names = dict.fromkeys(name for _, row in rows for name in row if name != keys.prompt)
+    return prompts, {name: [row.get(name) for _, row in rows] for name in names}

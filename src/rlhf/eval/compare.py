@@ -19,8 +19,8 @@ from rlhf.data.loader import load_prompts
 from rlhf.distributed import device, is_main, share
 from rlhf.generation import sample
 from rlhf.models.build import load_policy, load_scalar
+from rlhf.rollout import RewardInputs, response_logprobs, right_align, score_responses
 from rlhf.stages.common import say, setup_run
-from rlhf.stages.ppo import RewardInputs, response_logprobs, right_align, score_responses
 from rlhf.tasks import get_task
 
 

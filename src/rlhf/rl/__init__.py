@@ -1,40 +1,67 @@
-"""RLHF math as small, pure tensor functions: masked statistics, KL penalties, GAE, PPO and
-reward-model losses, KL controllers and log-prob helpers."""
+"""RLHF math as small, pure tensor functions (torch only; no models, no process group).
+
+- stats: masked mean / variance / whitening (optionally over all processes, via a caller's all_reduce) and
+  explained variance;
+- rewards: reward-model score shaping (missing-EOS penalty, fixed normalisation, weighted sums) and the
+  per-token rewards (KL penalty on every token, score on the last);
+- advantages: KL estimators, GAE, discounted returns, GRPO / Dr. GRPO, RLOO, REINFORCE++, and ADVANTAGES,
+  the estimators behind one common signature;
+- losses: PPO policy (with clip-higher) and value losses, loss aggregation over tokens / sequences, clip
+  diagnostics, reward-model losses;
+- kl_control, logprobs, calibration: KL controllers, log-prob / entropy helpers, reward-model calibration.
+"""
 
 from rlhf.rl.advantages import (
-    explained_variance,
+    ADVANTAGES,
+    discounted_returns,
     gae,
+    grpo_advantages,
     kl_penalty,
-    masked_mean,
-    masked_var,
-    masked_whiten,
+    rloo_advantages,
 )
 from rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
 from rlhf.rl.logprobs import entropy_from_logits, logprobs_from_logits
 from rlhf.rl.losses import (
+    LOSS_AGGS,
+    aggregate_loss,
     approx_kl,
     bradley_terry_loss,
     center_rewards_loss,
+    clip_ratio_regions,
     ppo_policy_loss,
     ppo_value_loss,
 )
+from rlhf.rl.rewards import missing_eos_penalty, normalize_scores, per_token_rewards, weighted_scores
+from rlhf.rl.stats import WHITEN_EPS, explained_variance, masked_mean, masked_var, masked_whiten
 
 __all__ = [
+    "ADVANTAGES",
+    "LOSS_AGGS",
+    "WHITEN_EPS",
     "AdaptiveKLController",
     "FixedKLController",
+    "aggregate_loss",
     "approx_kl",
     "bradley_terry_loss",
     "center_rewards_loss",
+    "clip_ratio_regions",
+    "discounted_returns",
     "entropy_from_logits",
     "explained_variance",
     "gae",
+    "grpo_advantages",
     "kl_penalty",
     "logprobs_from_logits",
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "missing_eos_penalty",
+    "normalize_scores",
+    "per_token_rewards",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "rloo_advantages",
+    "weighted_scores",
 ]
 
 from rlhf.rl.calibration import expected_calibration_error, reliability_table  # noqa: E402

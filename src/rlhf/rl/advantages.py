@@ -1,80 +1,53 @@
-"""Masked statistics, per-token KL penalties and GAE.
+"""Per-token KL penalties and advantage estimators: GAE, discounted returns, GRPO, RLOO, REINFORCE++.
 
 Conventions: every tensor is (batch, response_len) unless stated otherwise, and `mask` is 1/True on the
 response tokens that count and 0/False on padding. A float mask is treated as 0/1 (nonzero = valid),
 not as weights. Values outside the mask never reach a result: they are selected away with
 `torch.where` rather than multiplied by 0, because `inf * 0` is `nan` and padding may hold anything.
+
+Group estimators (GRPO, RLOO) see G samples per prompt as consecutive rows: rows [0, G) are one prompt's,
+rows [G, 2G) the next one's, and so on. `ADVANTAGES` maps a name to an estimator with one common signature,
+so the PPO loop can switch between them with a flag. The masked statistics live in `rl.stats` and are
+re-exported here for older imports.
 """
+
+from collections.abc import Callable
 
 import torch
 
-# Added to the variance before the square root so a constant batch does not divide by zero.
-WHITEN_EPS = 1e-8
+from rlhf.rl.stats import (
+    WHITEN_EPS,
+    AllReduce,
+    _reduced_mean_var,
+    explained_variance,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+)
+
+__all__ = [
+    "ADVANTAGES",
+    "KL_KINDS",
+    "SCALE_REWARDS",
+    "WHITEN_EPS",
+    "discounted_returns",
+    "explained_variance",
+    "gae",
+    "grpo_advantages",
+    "kl_penalty",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "rloo_advantages",
+]
 
 KL_KINDS = ("k1", "k2", "k3", "abs")
 
+SCALE_REWARDS = ("group", "batch", "none")
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of `x` over the positions where `mask` is set.
-
-    Args:
-        x: any shape.
-        mask: same shape as `x`, bool or 0/1 float.
-        dim: reduce only this dimension; None reduces everything to a scalar.
-
-    Returns:
-        Scalar if `dim` is None, else `x.shape` without `dim`. An empty mask gives nan (0/0), on purpose:
-        a mean of nothing should not silently read as 0.
-    """
-    valid = mask.bool()
-    total = torch.where(valid, x, torch.zeros_like(x))
-    if dim is None:
-        return total.sum() / valid.sum()
-    return total.sum(dim) / valid.sum(dim)
-
-
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of `x` over the masked positions, as a scalar.
-
-    Args:
-        x: any shape.
-        mask: same shape as `x`, bool or 0/1 float.
-        unbiased: apply Bessel's correction n / (n - 1), as TRL does. With a single valid position the
-            correction is skipped (the variance is then 0) instead of dividing by zero.
-
-    Returns:
-        Scalar tensor; nan for an empty mask.
-    """
-    mean = masked_mean(x, mask)
-    variance = masked_mean((x - mean) ** 2, mask)
-    if unbiased:
-        count = mask.bool().sum().to(variance.dtype)
-        bessel = torch.where(count > 1, count / (count - 1), torch.ones_like(count))
-        variance = variance * bessel
-    return variance
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Normalise `x` to unit variance (and zero mean) using statistics of the masked positions only.
-
-    Computes (x - mean) / sqrt(var + 1e-8) with the unbiased masked variance (TRL's convention). With
-    `shift_mean=False` the mean is added back, so `x` is only rescaled; TRL does this for rewards, whose
-    sign carries meaning.
-
-    Args:
-        x: any shape.
-        mask: same shape as `x`, bool or 0/1 float.
-        shift_mean: subtract the mean (True) or keep it (False).
-
-    Returns:
-        Same shape as `x`; 0 at every position outside the mask.
-    """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask)
-    whitened = (x - mean) * torch.rsqrt(var + WHITEN_EPS)
-    if not shift_mean:
-        whitened = whitened + mean
-    return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
+# Added to a standard deviation before dividing by it (TRL's GRPO value), so a near-constant group does not
+# blow its tiny differences up to huge advantages.
+GRPO_EPS = 1e-4
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -> torch.Tensor:
@@ -150,19 +123,207 @@ def gae(
     return advantages, returns
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """How much of the variance of the returns the value head explains: 1 - Var(R - V) / Var(R).
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Discounted reward-to-go of every response token (REINFORCE's return, no value baseline).
 
-    1 is a perfect fit, 0 is no better than predicting the mean, negative is worse than that.
+    G_t = r_t + gamma * G_{t'}, with t' the next valid token after t and G = 0 after the last one; i.e.
+    G_t = sum_{s >= t, s valid} gamma^(k(s) - k(t)) r_s with k counting valid tokens only. Masked-out positions
+    are skipped as if removed from the sequence, as in `gae`.
 
     Args:
-        values, returns, mask: (batch, response_len).
+        rewards, mask: (batch, response_len); mask bool or 0/1 float.
+        gamma: discount factor.
 
     Returns:
-        Scalar float tensor; nan when the masked returns are constant (Var(R) == 0), where the ratio is
-        undefined.
+        (batch, response_len), detached, 0 outside the mask.
     """
-    var_returns = masked_var(returns, mask, unbiased=False)
-    var_residual = masked_var(returns - values, mask, unbiased=False)
-    ratio = var_residual / var_returns
-    return torch.where(var_returns == 0, torch.full_like(ratio, float("nan")), 1 - ratio)
+    valid = mask.bool()
+    rewards = rewards.detach()
+    zeros = torch.zeros_like(rewards[:, 0])
+    next_return = zeros  # G of the next *valid* token; 0 past the end
+    returns_reversed = []
+    for t in reversed(range(rewards.shape[1])):
+        valid_t = valid[:, t]
+        g = rewards[:, t] + gamma * next_return
+        # A masked position leaves the running return untouched, so its reward never leaks in.
+        next_return = torch.where(valid_t, g, next_return)
+        returns_reversed.append(torch.where(valid_t, g, zeros))
+    return torch.stack(returns_reversed[::-1], dim=1)
+
+
+def _groups(scores: torch.Tensor, group_size: int, name: str) -> torch.Tensor:
+    """scores (N,) as (N / G, G), one prompt's samples per row; ValueError when N is not a multiple of G."""
+    if group_size < 1:
+        raise ValueError(f"{name}: group_size must be >= 1, got {group_size}")
+    if scores.dim() != 1 or scores.numel() % group_size != 0:
+        raise ValueError(
+            f"{name}: {scores.numel()} scores (shape {tuple(scores.shape)}) do not split into groups of "
+            f"group_size={group_size}; the batch must hold whole groups, one prompt's samples in consecutive rows"
+        )
+    return scores.reshape(-1, group_size)
+
+
+def grpo_advantages(
+    scores: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = GRPO_EPS
+) -> torch.Tensor:
+    """Group-relative advantages of GRPO (Shao et al. 2024, DeepSeekMath, eq. for outcome supervision).
+
+    For sample i of group g: A_i = (r_i - mean_g) / (std_g + eps), std_g the sample standard deviation
+    (Bessel's correction, torch.std's default), as TRL's GRPOTrainer._compute_advantages. With
+    `scale_by_std=False`, A_i = r_i - mean_g only (Dr. GRPO, Liu et al. 2025: dividing by std_g up-weights
+    prompts that are nearly always solved or always failed).
+
+    A group whose scores are all equal carries no signal and gets exactly 0 - also for group_size 1, where
+    torch's std of one sample is nan. (Exact, because the float mean of equal values can miss them by an ulp,
+    which 1 / eps = 1e4 would turn into a visible advantage.)
+
+    Args:
+        scores: (N,) one scalar reward per sample, the G samples of a prompt in consecutive positions.
+        group_size: G; N must be a multiple of it.
+        scale_by_std: divide by std_g + eps (GRPO) or only centre (Dr. GRPO).
+        eps: added to std_g.
+
+    Returns:
+        (N,) advantages.
+
+    Raises:
+        ValueError: N is not a multiple of group_size.
+    """
+    groups = _groups(scores, group_size, "grpo")
+    advantages = groups - groups.mean(dim=1, keepdim=True)
+    if scale_by_std and group_size > 1:  # one sample has no std; its advantage is 0 below anyway
+        advantages = advantages / (groups.std(dim=1, keepdim=True) + eps)
+    constant = groups.amax(dim=1, keepdim=True) == groups.amin(dim=1, keepdim=True)
+    return torch.where(constant, torch.zeros_like(advantages), advantages).reshape(-1)
+
+
+def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE leave-one-out advantages (Ahmadian et al. 2024, "Back to Basics").
+
+    A_i = r_i - (1 / (G - 1)) * sum_{j != i in the group} r_j: each sample's baseline is the mean of the other
+    samples of its prompt, which does not depend on the sample itself, so the gradient stays unbiased.
+
+    Args:
+        scores: (N,) one scalar reward per sample, the G samples of a prompt in consecutive positions.
+        group_size: G >= 2; N must be a multiple of it.
+
+    Returns:
+        (N,) advantages.
+
+    Raises:
+        ValueError: G < 2, or N is not a multiple of G.
+    """
+    if group_size < 2:
+        raise ValueError(
+            f"rloo: group_size={group_size}; RLOO needs at least 2 samples per prompt (its baseline is the "
+            "mean of the other samples of the prompt)"
+        )
+    groups = _groups(scores, group_size, "rloo")
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(-1)
+
+
+def _sequence_scores(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """s_b = sum_t mask * r_t: (B, N) per-token rewards -> (B,) one reward per sequence."""
+    return torch.where(mask.bool(), rewards, torch.zeros_like(rewards)).sum(dim=1)
+
+
+def _broadcast(per_sequence: torch.Tensor, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, N): the sequence's value on each of its masked tokens, 0 elsewhere."""
+    per_token = per_sequence.to(like.dtype).unsqueeze(1).expand_as(like)
+    return torch.where(mask.bool(), per_token, torch.zeros_like(like))
+
+
+def _gae_advantages(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    values: torch.Tensor | None = None,
+    *,
+    group_size: int = 1,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    scale_rewards: str = "group",
+    all_reduce: AllReduce | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """PPO's estimator: `gae` with the value model, advantages whitened over the (global) batch's masked
+    tokens (TRL PPOTrainer). Returns (advantages, returns). group_size and scale_rewards are unused."""
+    if values is None:
+        raise ValueError("gae needs a value model; use --value-model separate|shared or another --advantage")
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    return masked_whiten(advantages, mask, all_reduce=all_reduce), returns
+
+
+def _reinforce_pp_advantages(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    values: torch.Tensor | None = None,
+    *,
+    group_size: int = 1,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    scale_rewards: str = "group",
+    all_reduce: AllReduce | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """REINFORCE++ (Hu 2025; OpenRLHF `get_cumulative_returns` then batch whitening): A_t =
+    whiten(discounted_returns(r, gamma))_t over the masked tokens of the (global) batch. No critic: returns
+    None. values, group_size, lam and scale_rewards are unused."""
+    returns = discounted_returns(rewards, mask, gamma)
+    return masked_whiten(returns, mask, all_reduce=all_reduce), None
+
+
+def _grpo_advantages(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    values: torch.Tensor | None = None,
+    *,
+    group_size: int = 1,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    scale_rewards: str = "group",
+    all_reduce: AllReduce | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """GRPO (Shao et al. 2024; TRL GRPOTrainer._compute_advantages) on s_b = sum_t mask * r_t, broadcast to
+    every masked token of sequence b. scale_rewards (TRL's names):
+      "group": (s - mean_g) / (std_g + 1e-4);
+      "batch": (s - mean_g) / (std_batch + 1e-4), std_batch over all B sequences (of all processes when
+               all_reduce is given; Bessel's correction);
+      "none":  s - mean_g (Dr. GRPO, Liu et al. 2025).
+    Groups never span processes, so only "batch" reduces. No critic: returns None. values, gamma and lam are
+    unused (the sequence reward is undiscounted)."""
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"unknown scale_rewards {scale_rewards!r}; valid: {', '.join(SCALE_REWARDS)}")
+    s = _sequence_scores(rewards, mask)
+    advantages = grpo_advantages(s, group_size, scale_by_std=scale_rewards == "group")
+    if scale_rewards == "batch":
+        _, var = _reduced_mean_var(s, torch.ones_like(s, dtype=torch.bool), all_reduce or (lambda t: t))
+        advantages = advantages / (var.sqrt().to(s.dtype) + GRPO_EPS)
+    return _broadcast(advantages, mask, rewards), None
+
+
+def _rloo_advantages(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    values: torch.Tensor | None = None,
+    *,
+    group_size: int = 1,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    scale_rewards: str = "group",
+    all_reduce: AllReduce | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RLOO (Ahmadian et al. 2024) on s_b = sum_t mask * r_t, broadcast to every masked token of sequence b.
+    No critic: returns None. values, gamma, lam, scale_rewards and all_reduce are unused (the baseline is
+    within the group, which never spans processes)."""
+    return _broadcast(rloo_advantages(_sequence_scores(rewards, mask), group_size), mask, rewards), None
+
+
+# name -> fn(rewards (B, N), mask (B, N), values (B, N) | None = None, *, group_size=1, gamma=1.0, lam=0.95,
+#            scale_rewards="group", all_reduce=None) -> (advantages (B, N), returns (B, N) | None).
+# `rewards` are the assembled per-token rewards (`rl.rewards.per_token_rewards`); rows of one group consecutive;
+# returns is None for the estimators without a critic (no value loss then).
+ADVANTAGES: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor | None]]] = {
+    "gae": _gae_advantages,
+    "grpo": _grpo_advantages,
+    "rloo": _rloo_advantages,
+    "reinforce++": _reinforce_pp_advantages,
+}

@@ -1,4 +1,4 @@
-"""Reward-model and PPO losses.
+"""Reward-model and PPO losses, and how per-token losses become one scalar.
 
 PPO tensors are (batch, response_len) with a `mask` that is 1/True on response tokens (bool or 0/1
 float); reward-model tensors are (batch,) scalar rewards.
@@ -7,7 +7,9 @@ float); reward-model tensors are (batch,) scalar rewards.
 import torch
 import torch.nn.functional as F
 
-from rlhf.rl.advantages import masked_mean
+from rlhf.rl.stats import masked_mean
+
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
 def bradley_terry_loss(
@@ -54,36 +56,134 @@ def center_rewards_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.T
     return ((chosen + rejected) ** 2).mean()
 
 
+def aggregate_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    loss_agg: str = "token-mean",
+    num_tokens: int | torch.Tensor | None = None,
+    num_rows: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reduce a per-token loss to a scalar over the masked tokens.
+
+    With T = num_tokens (default sum(mask)), R = num_rows (default B), N = per_token.size(1), m = mask:
+      "token-mean":              sum_{b,t} m l / T  (every token weighs the same; long answers weigh more);
+      "seq-mean-token-mean":     sum_b [sum_t m l / sum_t m] / R  (every sequence weighs the same; a row with
+                                 an empty mask contributes 0);
+      "seq-mean-token-sum-norm": sum_{b,t} m l / (R * N)  (Dr. GRPO, Liu et al. 2025: a constant normaliser,
+                                 so no length bias).
+    Every aggregate is a sum of per-row terms over a constant, so a caller that splits one minibatch into
+    micro-batches (or over processes) and passes the WHOLE minibatch's T and R to every part gets losses, and
+    gradients, that sum to the unsplit loss exactly.
+
+    Args:
+        per_token: (B, N) loss per token; padding may hold anything (selected away, never multiplied by 0).
+        mask: (B, N) bool or 0/1 float.
+        loss_agg: one of LOSS_AGGS.
+        num_tokens: T for "token-mean"; None uses this mask's count.
+        num_rows: R for the "seq-mean-*" modes; None uses B.
+
+    Returns:
+        Scalar. "token-mean" of an empty mask (with num_tokens None) is nan, as `masked_mean`.
+
+    Raises:
+        ValueError: unknown loss_agg.
+    """
+    valid = mask.bool()
+    masked = torch.where(valid, per_token, torch.zeros_like(per_token))
+    if loss_agg == "token-mean":
+        return masked.sum() / (valid.sum() if num_tokens is None else num_tokens)
+    rows = per_token.size(0) if num_rows is None else num_rows
+    if loss_agg == "seq-mean-token-mean":
+        # clamp: an empty row is 0 / 1 = 0 instead of 0 / 0.
+        row_means = masked.sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+        return row_means.sum() / rows
+    if loss_agg == "seq-mean-token-sum-norm":
+        return masked.sum() / (rows * per_token.size(1))
+    raise ValueError(f"unknown loss_agg {loss_agg!r}; valid: {', '.join(LOSS_AGGS)}")
+
+
+def _clipped_sides(
+    ratio: torch.Tensor, clip_range: float, clip_range_high: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(below, above): ratio < 1 - low, ratio > 1 + high, tested on ratio - 1 so the symmetric case is the
+    exact |ratio - 1| > eps of before."""
+    high = clip_range if clip_range_high is None else clip_range_high
+    d = ratio - 1
+    return d < -clip_range, d > high
+
+
 def ppo_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    clip_range_high: float | None = None,
+    loss_agg: str = "token-mean",
+    num_tokens: int | torch.Tensor | None = None,
+    num_rows: int | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO clipped surrogate loss (Schulman et al. 2017), per token.
+    """PPO clipped surrogate loss (Schulman et al. 2017), per token, then aggregated.
 
-    ratio = exp(logprobs - old_logprobs); loss = masked mean of max(-A * ratio, -A * clip(ratio, 1 - eps,
-    1 + eps)). Taking the max of the two losses (min of the objectives) is pessimistic: moving the ratio
-    beyond the clip range in the direction the advantage rewards earns nothing, so it has zero gradient,
-    while moves that make things worse are never clipped away.
+    ratio = exp(logprobs - old_logprobs); l_t = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps_low,
+    1 + eps_high)); loss = aggregate_loss(l, mask, loss_agg, num_tokens, num_rows). Taking the max of the two
+    losses (min of the objectives) is pessimistic: moving the ratio beyond the clip range in the direction the
+    advantage rewards earns nothing, so it has zero gradient, while moves that make things worse are never
+    clipped away. eps_high > eps_low is DAPO's clip-higher (Yu et al. 2025): more room to raise the
+    probability of unlikely tokens with A > 0, against entropy collapse.
 
     Args:
         logprobs: (batch, response_len) under the current policy (carries gradient).
         old_logprobs: (batch, response_len) under the policy that sampled the tokens.
         advantages: (batch, response_len).
         mask: (batch, response_len).
-        clip_range: eps.
+        clip_range: eps_low (and eps_high when clip_range_high is None).
+        clip_range_high: eps_high; None for the symmetric clip.
+        loss_agg, num_tokens, num_rows: see `aggregate_loss`.
 
     Returns:
-        (loss, clipfrac): scalar loss; scalar fraction of valid tokens with |ratio - 1| > eps.
+        (loss, clipfrac): scalar loss; scalar fraction of this call's valid tokens with the ratio outside
+        [1 - eps_low, 1 + eps_high] (a detached diagnostic, a plain masked mean whatever loss_agg is).
     """
+    high = clip_range if clip_range_high is None else clip_range_high
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    clipfrac = masked_mean(((ratio - 1).abs() > clip_range).to(ratio.dtype), mask).detach()
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + high)
+    loss = aggregate_loss(torch.maximum(unclipped, clipped), mask, loss_agg, num_tokens, num_rows)
+    below, above = _clipped_sides(ratio, clip_range, clip_range_high)
+    clipfrac = masked_mean((below | above).to(ratio.dtype), mask).detach()
     return loss, clipfrac
+
+
+def clip_ratio_regions(
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    clip_range_high: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """Where the PPO clip actually removes gradient, as TRL GRPO's clip_ratio/{low,high,region}_mean.
+
+    low = (ratio < 1 - eps_low) & (A < 0);  high = (ratio > 1 + eps_high) & (A > 0);  region = low | high.
+    Outside these (e.g. ratio above range with A < 0) the unclipped term is the larger loss and still has a
+    gradient, so `clipfrac` over-counts what the clip does; these count only the clipped-away tokens.
+
+    Args:
+        ratio: (batch, response_len) exp(logprobs - old_logprobs).
+        advantages, mask: (batch, response_len).
+        clip_range: eps_low (and eps_high when clip_range_high is None).
+        clip_range_high: eps_high; None for the symmetric clip.
+
+    Returns:
+        {"low_mean", "high_mean", "region_mean"}: detached scalar masked means of the three indicators.
+    """
+    below, above = _clipped_sides(ratio, clip_range, clip_range_high)
+    low = below & (advantages < 0)
+    high = above & (advantages > 0)
+    return {
+        name: masked_mean(flag.to(ratio.dtype), mask).detach()
+        for name, flag in (("low_mean", low), ("high_mean", high), ("region_mean", low | high))
+    }
 
 
 def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -106,10 +206,12 @@ def ppo_value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_range_value: float,
+    num_tokens: int | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value-head loss as in PPO2 / TRL.
 
-    v_clipped = old + clamp(v - old, -c, c); loss = 0.5 * masked mean of max((v - R)^2, (v_clipped - R)^2).
+    v_clipped = old + clamp(v - old, -c, c); loss = 0.5 * sum_t m max((v - R)^2, (v_clipped - R)^2) / T, with
+    T = num_tokens (default: this mask's count; pass the whole minibatch's to split it, see `aggregate_loss`).
     The max keeps the value head from gaining by jumping further than c from its old prediction.
 
     Args:
@@ -118,6 +220,7 @@ def ppo_value_loss(
         returns: (batch, response_len) targets.
         mask: (batch, response_len).
         clip_range_value: c.
+        num_tokens: T; None uses sum(mask).
 
     Returns:
         (loss, clipfrac): scalar loss; scalar fraction of valid tokens where the clipped error is the
@@ -126,6 +229,6 @@ def ppo_value_loss(
     values_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
     loss_unclipped = (values - returns) ** 2
     loss_clipped = (values_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    loss = 0.5 * aggregate_loss(torch.maximum(loss_unclipped, loss_clipped), mask, num_tokens=num_tokens)
     clipfrac = masked_mean((loss_clipped > loss_unclipped).to(values.dtype), mask).detach()
     return loss, clipfrac

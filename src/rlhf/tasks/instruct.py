@@ -106,6 +106,15 @@ class InstructTask:
         rng = self._rng("pairs", split)
         return [self._pair(rng, _sample_prompt(rng, split)) for _ in range(n)]
 
+    def prompt_columns(self, prompts: list[str]) -> dict[str, list]:
+        """Per-prompt columns for user reward functions: {"answer": the ideal response to each prompt}.
+
+        The answer is `judge.ideal_answer` verbatim (e.g. " Paris.", " KEL."), which the gold judge scores
+        1.0, so a reward function comparing completions with `answer` works on the built-in task as on a
+        prompt file with an answer column.
+        """
+        return {"answer": [judge.ideal_answer(p) for p in prompts]}
+
     def score(self, prompt: str, response: str, finished: bool = True) -> float:
         """Gold score in [-1, 1] (see `judge.score`)."""
         return judge.score(prompt, response, finished)

@@ -1,0 +1,70 @@
+"""The policy with an optional value model, behind one call, so the on-policy update never asks which layout is in
+use.
+
+'separate': the value model is its own trunk + head (initialised from the reward model: Huang et al. detail 22).
+'shared':   one trunk, the LM head and a value head on the same hidden states - one fused forward.
+'none':     no value model at all (GRPO, RLOO, REINFORCE++): the forward returns `values=None`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from rlhf.concurrent import run_concurrently
+from rlhf.models.heads import ScalarModel, hidden_at, scalar_head
+
+ValueLayout = Literal["separate", "shared", "none"]
+
+
+class PolicyValue(nn.Module):
+    """`policy` (a causal LM) and, per `layout`, a separate `value` ScalarModel or a `value_head` on the trunk."""
+
+    def __init__(self, policy: nn.Module, value: ScalarModel | None, layout: ValueLayout | None = None):
+        super().__init__()
+        self.layout: ValueLayout = layout or ("separate" if value is not None else "shared")
+        assert (value is not None) == (self.layout == "separate"), "a value model goes with layout 'separate'"
+        self.policy = policy
+        self.value = value
+        if self.layout == "shared":
+            self.value_head = scalar_head(policy.hidden_size)
+
+    @property
+    def has_value(self) -> bool:
+        return self.layout != "none"
+
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits (B, T, V), values (B, T) or None), or (B, K, V) and (B, K) at `positions` (B, K) only: the update
+        reads just the positions predicting the response (the built-in GPT then skips most of its last block, and
+        the LM head never sees the prompt)."""
+        if self.layout == "separate":
+            return self.policy(ids, mask, positions=positions), self.value(ids, mask, positions)
+        if self.layout == "none":
+            return self.policy(ids, mask, positions=positions), None
+        h = hidden_at(self.policy, ids, mask, positions)
+        return self.policy.lm_head(h), self.value_head(h).squeeze(-1)
+
+    def forward_concurrently(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, autocast
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward` under `autocast()` (a context factory); separate policy and value models run side by side
+        (rlhf.concurrent: they share no parameter, so each takes one of the CPU cores). Autocast is thread-local:
+        each worker enters it."""
+
+        def policy() -> torch.Tensor:
+            with autocast():
+                return self.policy(ids, mask, positions=positions)
+
+        def value() -> torch.Tensor:
+            with autocast():
+                return self.value(ids, mask, positions)
+
+        if self.layout != "separate":
+            with autocast():
+                return self(ids, mask, positions)
+        logits, values = run_concurrently(policy, value)
+        return logits, values
