@@ -1,7 +1,8 @@
-"""rlhf vs TRL on the peer harness's fixed workload (`../shared/peers/trl`): PPO, reward model, generation, SFT.
+"""rlhf vs TRL on the peer harness's fixed workload (`../shared/peers/trl`): PPO, GRPO, reward model, generation, SFT.
 
-    python benchmarks/compare_trl.py --trl-python ../.venv-trl/bin/python      # everything, ~10 min on 2 cores
+    python benchmarks/compare_trl.py --trl-python ../.venv-trl/bin/python      # everything, ~13 min on 2 cores
     python benchmarks/compare_trl.py --skip-trl --only ppo --only reward        # ours only, a subset
+    python benchmarks/compare_trl.py --trl-python ../.venv-trl/bin/python --only grpo   # one pair
 
 What is measured, and how it matches the peer (`common.py` and its `bench_*.py` scripts):
 
@@ -24,8 +25,19 @@ What is measured, and how it matches the peer (`common.py` and its `bench_*.py` 
   prompts as a JSONL file, 256 episodes = 16 updates x 16 prompts, 32-token responses, 4 PPO epochs, 1 minibatch,
   temperature 1, kl_coef 0.05 (k1, fixed), cliprange 0.2, value clip 0.2, vf_coef 0.1, gamma 1, lambda 0.95,
   lr 3e-6 for policy and value alike, no gradient clipping, no reward normalisation/clipping, no missing-EOS
-  penalty, no reward whitening (all as TRL's PPOConfig there). Episodes/s = 256 / the PPO loop's wall time (model
-  loading excluded, as in TRL's script); also our own `time_share` and per-phase seconds.
+  penalty, no reward whitening (all as TRL's PPOConfig there). Episodes/s = 256 / the PPO loop's wall time (the
+  stage's own `loop_seconds`: model loading and the final save excluded, as in TRL's script); also the stage's
+  `time_share` and per-phase seconds (metrics.jsonl's `time/generation`, `time/scoring`, `time/update`).
+* grpo (bench_grpo.py): `rlhf.stages.ppo.train_ppo(GRPOConfig(...))` on the same random-init checkpoints (policy =
+  reference = the workload GPT; reward = the workload GPT + scalar head, TRL's sequence-classification model),
+  the 128 prompts as JSONL, the settings bench_grpo.py gives TRL's GRPOTrainer: 16 updates x 16 prompts x 4
+  completions (1,024 completions in groups of 4), responses of at most 32 tokens (stop at EOS), temperature 1,
+  one epoch of one minibatch, group-normalised advantages (scale_rewards group), beta 0.04 with the k3 KL in the
+  loss, loss_type "grpo" = our `seq-mean-token-mean`, clip 0.2, lr 3e-6 without warm-up, HF's AdamW defaults
+  (weight decay 0, betas 0.9/0.999, max_grad_norm 1), raw reward-model scores, no value model. Completions/s =
+  1,024 / the median loop time after a 2-update warm-up (TRL: a 2-step trainer); generation share from
+  `time/generation`. Not mirrored: TRL's linear learning-rate decay to 0 (ours stays constant), its importance-
+  weighted KL (`use_bias_correction_kl`), dropout 0.1 in its policy's training forward (ours: none).
 * sft (bench_torch_baseline.py): our SFT training step (rlhf.stages.sft: sft_batch -> GPT forward -> sft_loss ->
   backward -> clip_grads -> AdamW step of make_optimizer, the SFT stage's model and optimizer) on the baseline's
   [16, 128] random-token batch, timed as the baseline times its bare fwd+bwd (5 warm-up, 5 x 20 steps, median);
@@ -34,8 +46,9 @@ What is measured, and how it matches the peer (`common.py` and its `bench_*.py` 
 Each of our benchmarks runs in its own subprocess (this file with `--child NAME`), as does each peer script (with
 `--trl-python`), so the peak RSS of every run is its own (`wait4`). MFU = 6*N*tokens/s over the matmul fp32 peak
 of bench_torch_baseline (`matmul_fp32_1024.gflops_median`; measured the same way in our child without TRL).
-The last line is `ratios vs TRL: ppo=... reward=... generate_b16=... generate_b64=... sft_vs_bare=...`
-(ours / theirs throughput). With `--rounds N`, every benchmark runs N times on both sides (rounds 2, 4, ... run
+Our on-policy figures come from what `train_ppo` writes (summary and metrics.jsonl); nothing of the stage is
+patched. The last line is `ratios vs TRL: ppo=... reward=... generate_b16=... generate_b64=... sft_vs_bare=...
+grpo=...` (ours / theirs throughput), after one line per target an issue set (TARGETS: grpo >= 3.0). With `--rounds N`, every benchmark runs N times on both sides (rounds 2, 4, ... run
 ours first), each round's ratios are printed, and the last line gives each ratio's median over the rounds. Results
 and logs go to --out (default runs/bench-compare-trl/).
 """
@@ -58,12 +71,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_PEER_DIR = ROOT.parent / "shared" / "peers" / "trl"
-BENCHES = ("sft", "generate", "reward", "ppo")  # the peer's run_all.sh order
+BENCHES = ("sft", "generate", "reward", "ppo", "grpo")  # the peer's run_all.sh order
 PEER_SCRIPT = {
     "sft": "bench_torch_baseline.py",
     "generate": "bench_generate.py",
     "reward": "bench_reward.py",
     "ppo": "bench_ppo.py",
+    "grpo": "bench_grpo.py",
 }
 NEW_TOKENS = 32
 TRL_PHASES = [  # bench_ppo.py's phase_seconds keys, in its order
@@ -79,7 +93,16 @@ TRL_PHASES = [  # bench_ppo.py's phase_seconds keys, in its order
     "trl_empty_cache (no-op on CPU)",
     "other",
 ]
-RATIO_NAMES = ("ppo", "reward", "generate_b16", "generate_b64", "sft_vs_bare")  # the last line's, in order
+RATIO_NAMES = (
+    "ppo",
+    "reward",
+    "generate_b16",
+    "generate_b64",
+    "sft_vs_bare",
+    "grpo",
+)  # the last line's, in order
+TARGETS = {"grpo": 3.0}  # ratios an issue set a target for (ours / TRL's at least this)
+GRPO_G, GRPO_PROMPTS_PER_STEP = 4, 16  # bench_grpo.py's G and PROMPTS_PER_STEP
 GEN_CASES = [(1, True, 3, 20), (16, True, 3, 15), (64, True, 2, 10), (16, False, 2, 7)]  # bench_generate.py
 
 
@@ -167,7 +190,8 @@ class LoopClock:
     """Wall time of a stage's main loop: the stage opens its progress bar right before the loop, closes it after.
 
     Installed by replacing the stage module's `progress` helper (the source is not changed); `seconds` is None if a
-    stage no longer does that, and the caller falls back to the stage's own summary time.
+    stage no longer does that, and the caller falls back to the stage's own summary time. Only the reward stage
+    needs it: the on-policy stage reports its loop time (`loop_seconds`) itself.
     """
 
     def __init__(self, module):
@@ -444,55 +468,69 @@ def write_random_checkpoints(tmp: Path) -> tuple[Path, Path]:
     return sft_dir, rm_dir
 
 
+def write_prompts(tmp: Path, common) -> Path:
+    """The peer's on-policy prompts (`make_prompts(128, seed=1)`) as a JSONL prompt file."""
+    path = tmp / "prompts.jsonl"
+    prompts = common.make_prompts(common.N_PPO_PROMPTS, seed=1)
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return path
+
+
+def onpolicy_run(cfg, first_pass_fused: bool) -> dict:
+    """`train_ppo(cfg)` once; its figures from what the stage itself reports (summary and metrics.jsonl rows).
+
+    Every metrics row (log_every 1: one per update) holds that update's phase seconds (`time/generation`,
+    `time/scoring`, `time/update`), its rollout's real prompt+response tokens (`tokens/real`), decode steps
+    (`completions/max_length`) and completions with EOS (`val/num_eos_tokens`); the summary the loop's wall time
+    without model loading and the final save (`loop_seconds`). `first_pass_fused`: the rollout's policy(+value)
+    forward serves as the first epoch's (one minibatch, no accumulation, one process), so the update phase runs
+    one forward fewer.
+    """
+    from rlhf.stages.ppo import train_ppo
+
+    assert cfg.log_every == 1, "one metrics row per update"
+    t0 = time.perf_counter()
+    summary = train_ppo(cfg)
+    call_s = time.perf_counter() - t0
+    rows = [json.loads(x) for x in (cfg.out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert len(rows) == summary["updates"], f"{len(rows)} metrics rows for {summary['updates']} updates"
+    phases = {k: sum(r[f"time/{k}"] for r in rows) for k in ("generation", "scoring", "update")}
+    tokens_real = sum(r["tokens/real"] for r in rows)  # per rollout: prompt + response rows, every process
+    # Model FLOPs of the update phase: 6N per real token and epoch (2N forward + 4N backward), less the first
+    # epoch's forward when the rollout's scoring forward served as it (counted in the scoring phase).
+    flop_units = tokens_real * (6 * cfg.ppo_epochs - (2 if first_pass_fused else 0))
+    return {
+        "episodes": summary["episodes"],
+        "completions": summary["completions"],
+        "updates": summary["updates"],
+        "loop_seconds": summary["loop_seconds"],
+        "timed": "loop (train_ppo's loop_seconds)",
+        "summary_seconds": summary["seconds"],
+        "call_seconds": call_s,
+        "time_share": summary["time_share"],
+        "phase_seconds": phases,
+        "generation_share": phases["generation"] / summary["loop_seconds"],
+        "ppo_update_tokens_real": tokens_real * cfg.ppo_epochs,
+        "ppo_update_flop_units": flop_units,
+        "rollout_tokens_real": tokens_real,
+        "decode_steps_per_rollout": [r["completions/max_length"] for r in rows],
+        "rows_with_eos": sum(r["val/num_eos_tokens"] for r in rows),
+        "n_prompt_truncated": summary.get("n_prompt_truncated"),
+    }
+
+
 def child_ppo(a, common) -> dict:
     import torch
 
-    import rlhf.stages.ppo as ppo_mod
     from rlhf.config import OptimConfig, PPOConfig
 
     peak = matmul_gflops(iters=5 if a.smoke else 50, repeats=2 if a.smoke else 5)
     episodes = 32 if a.smoke else 256
     tmp = Path(tempfile.mkdtemp(prefix="rlhf_ppo_bench_"))
     sft_dir, rm_dir = write_random_checkpoints(tmp)
-    prompts_file = tmp / "prompts.jsonl"
-    prompts = common.make_prompts(common.N_PPO_PROMPTS, seed=1)
-    prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-
-    clock = LoopClock(ppo_mod)
-    acc: dict = {}
-    orig_sample, orig_update = ppo_mod.sample, ppo_mod.ppo_update
-
-    def timed_sample(*args, **kw):
-        t0 = time.perf_counter()
-        r = orig_sample(*args, **kw)
-        acc["sample_s"] += time.perf_counter() - t0
-        acc["decode_steps"].append(int(r.response_mask.sum(1).max()))
-        acc["eos_rows"] += int(r.finished.sum())
-        return r
-
-    def timed_update(model, opt, b, cfg, update, first_pass=None):
-        t0 = time.perf_counter()
-        r = orig_update(model, opt, b, cfg, update, first_pass)
-        acc["update_s"] += time.perf_counter() - t0
-        acc["tokens_padded"] += b.ids.numel() * cfg.ppo_epochs
-        acc["tokens_real"] += int(b.mask.sum()) * cfg.ppo_epochs
-        # Model FLOPs of the update phase: 6N per real token and epoch (2N forward + 4N backward), less the first
-        # epoch's forward when the rollout's scoring forward served as it (counted in the scoring phase).
-        acc["flop_units"] += int(b.mask.sum()) * (6 * cfg.ppo_epochs - (2 if first_pass is not None else 0))
-        return r
-
-    ppo_mod.sample, ppo_mod.ppo_update = timed_sample, timed_update
+    prompts_file = write_prompts(tmp, common)
 
     def run(out: Path, n_episodes: int) -> dict:
-        acc.update(
-            sample_s=0.0,
-            update_s=0.0,
-            tokens_padded=0,
-            tokens_real=0,
-            flop_units=0,
-            decode_steps=[],
-            eos_rows=0,
-        )
         cfg = PPOConfig(
             out=out,
             sft=sft_dir,
@@ -528,31 +566,8 @@ def child_ppo(a, common) -> dict:
             log_every=1,
             save_every=0,
         )
-        t0 = time.perf_counter()
-        summary = ppo_mod.train_ppo(cfg)
-        call_s = time.perf_counter() - t0
-        loop_s = clock.seconds
-        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        phases = {k: sum(r.get(f"time/{k}", 0.0) for r in rows) for k in ("generation", "scoring", "update")}
-        if loop_s is not None and loop_s < 0.99 * sum(phases.values()):
-            loop_s = None  # implausible (shorter than the phases it contains): use the stage's own time
-        return {
-            "episodes": summary["episodes"],
-            "updates": summary["updates"],
-            "loop_seconds": loop_s if loop_s is not None else summary["seconds"],
-            "timed": "loop" if loop_s is not None else "stage summary seconds (includes model loading)",
-            "summary_seconds": summary["seconds"],
-            "call_seconds": call_s,
-            "time_share": summary["time_share"],
-            "phase_seconds": phases,
-            "sample_seconds": acc["sample_s"],
-            "ppo_update_seconds": acc["update_s"],
-            "ppo_update_tokens_padded": acc["tokens_padded"],
-            "ppo_update_tokens_real": acc["tokens_real"],
-            "ppo_update_flop_units": acc["flop_units"],
-            "decode_steps_per_rollout": acc["decode_steps"],
-            "rows_with_eos": acc["eos_rows"],
-        }
+        fused = cfg.mini_batches == 1 and cfg.optim.grad_accum == 1  # one process here
+        return onpolicy_run(cfg, fused)
 
     try:
         run(tmp / "warmup", 16 if a.smoke else 32)
@@ -573,7 +588,7 @@ def child_ppo(a, common) -> dict:
 
     # 6N counts every parameter once (tied lm_head included), as bench_torch_baseline.py does.
     n_trained = workload_gpt().num_params() + sum(p.numel() for p in ScalarModel(workload_gpt()).parameters())
-    upd_s = med_run["ppo_update_seconds"]
+    upd_s = med_run["phase_seconds"]["update"]
     return {
         "ppo_ours": {
             "episodes": med_run["episodes"],
@@ -587,7 +602,6 @@ def child_ppo(a, common) -> dict:
             "time_share": med_run["time_share"],
             "params_policy_plus_value": n_trained,
             "ppo_update_tokens_per_s_real": med_run["ppo_update_tokens_real"] / upd_s,
-            "ppo_update_tokens_per_s_padded": med_run["ppo_update_tokens_padded"] / upd_s,
             "ppo_update_model_gflops": n_trained * med_run["ppo_update_flop_units"] / upd_s / 1e9,
             "threads": torch.get_num_threads(),
         },
@@ -595,7 +609,121 @@ def child_ppo(a, common) -> dict:
     }
 
 
-CHILDREN = {"generate": child_generate, "sft": child_sft, "reward": child_reward, "ppo": child_ppo}
+def child_grpo(a, common) -> dict:
+    """bench_grpo.py's workload through `train_ppo(GRPOConfig(...))`, every setting that script gives TRL mirrored.
+
+    TRL's GRPOConfig there -> ours: 16 prompts x num_generations 4 per optimizer step -> rollout_batch 16,
+    samples_per_prompt 4; steps_per_generation 1, num_iterations 1, gradient_accumulation_steps 1 -> mini_batches 1,
+    ppo_epochs 1, grad_accum 1; max_completion_length 32 (stops at EOS) -> response_length 32; temperature 1, top-k 0,
+    top-p 1; beta 0.04 in the loss with k3 -> kl_coef 0.04, kl_in loss, kl_estimator k3; loss_type "grpo" (each
+    sequence's token mean, then the mean over sequences) -> loss_agg seq-mean-token-mean; scale_rewards group;
+    epsilon 0.2 -> cliprange 0.2 both sides; learning_rate 3e-6, no warm-up; TrainingArguments' AdamW defaults:
+    weight_decay 0, betas (0.9, 0.999), max_grad_norm 1.0; max_steps 16 -> 256 prompts = 1,024 completions; the
+    reward model's raw score (no normalisation, clipping or missing-EOS penalty); no value model. Warm-up: 2 updates
+    (TRL: a max_steps=2 trainer), then --repeats fresh runs; completions/s = completions / median loop seconds.
+    """
+    import torch
+
+    from rlhf.config import GRPOConfig, OptimConfig
+
+    steps = 2 if a.smoke else 16
+    tmp = Path(tempfile.mkdtemp(prefix="rlhf_grpo_bench_"))
+    sft_dir, rm_dir = write_random_checkpoints(tmp)
+    prompts_file = write_prompts(tmp, common)
+
+    def run(out: Path, n_updates: int) -> dict:
+        cfg = GRPOConfig(
+            out=out,
+            sft=sft_dir,
+            reward=rm_dir,
+            prompts=prompts_file,
+            threads=a.threads,
+            progress=False,
+            seed=0,
+            advantage="grpo",
+            value_model="none",
+            samples_per_prompt=GRPO_G,
+            episodes=n_updates * GRPO_PROMPTS_PER_STEP,
+            rollout_batch=GRPO_PROMPTS_PER_STEP,
+            mini_batches=1,
+            ppo_epochs=1,
+            response_length=NEW_TOKENS,
+            max_prompt_length=64,
+            temperature=1.0,
+            # TRL's learning_rate 3e-6; HF TrainingArguments' AdamW defaults (ours are 0.9/0.95, clip 1.0).
+            optim=OptimConfig(
+                lr=3e-6,
+                weight_decay=0.0,
+                betas=(0.9, 0.999),
+                warmup_steps=0,
+                min_lr_ratio=1.0,
+                grad_clip=1.0,
+                grad_accum=1,
+            ),
+            kl_coef=0.04,
+            kl_target=0.0,
+            kl_in="loss",
+            kl_estimator="k3",
+            loss_agg="seq-mean-token-mean",
+            scale_rewards="group",
+            cliprange=0.2,
+            cliprange_high=0.2,
+            entropy_coef=0.0,
+            mask_truncated=False,
+            normalize_reward=False,
+            reward_clip=0.0,
+            whiten_rewards=False,
+            missing_eos_penalty=0.0,
+            reward_fn="model",
+            log_every=1,
+            save_every=0,
+        )
+        return onpolicy_run(cfg, cfg.mini_batches == 1 and cfg.optim.grad_accum == 1)
+
+    try:
+        run(tmp / "warmup", 2)
+        runs = []
+        for i in range(1 if a.smoke else a.repeats):
+            r = run(tmp / f"run{i}", steps)
+            runs.append(r)
+            print(
+                f"ours grpo run {i}: {r['completions']} completions in {r['loop_seconds']:.2f} s loop "
+                f"({r['completions'] / r['loop_seconds']:.1f} completions/s, generation "
+                f"{100 * r['generation_share']:.0f}%); time_share {r['time_share']}",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    med_run = sorted(runs, key=lambda r: r["loop_seconds"])[len(runs) // 2]
+    med = med_run["loop_seconds"]
+    return {
+        "grpo_ours": {
+            "steps": med_run["updates"],
+            "completions": med_run["completions"],
+            "prompts_per_step": GRPO_PROMPTS_PER_STEP,
+            "num_generations": GRPO_G,
+            "max_completion_length": NEW_TOKENS,
+            "train_seconds_median": med,
+            "train_seconds_repeats": [r["loop_seconds"] for r in runs],
+            "generate_seconds_repeats": [r["phase_seconds"]["generation"] for r in runs],
+            "generate_share_median": statistics.median(r["generation_share"] for r in runs),
+            "completions_per_s_median": med_run["completions"] / med,
+            "timed": med_run["timed"],
+            "runs": runs,
+            "median_run": runs.index(med_run),
+            "time_share": med_run["time_share"],
+            "threads": torch.get_num_threads(),
+        }
+    }
+
+
+CHILDREN = {
+    "generate": child_generate,
+    "sft": child_sft,
+    "reward": child_reward,
+    "ppo": child_ppo,
+    "grpo": child_grpo,
+}
 
 
 def child_main(a) -> None:
@@ -669,7 +797,9 @@ def main() -> None:
     ap.add_argument("--skip-trl", action="store_true", help="only run ours (a dry run; no ratios)")
     ap.add_argument("--peer-dir", type=Path, default=DEFAULT_PEER_DIR, help="the TRL peer harness directory")
     ap.add_argument("--only", action="append", choices=BENCHES, help="run only these benchmarks (repeatable)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of PPO and reward, ours and TRL's")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of PPO, GRPO and reward, ours and TRL's"
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch threads for ours (the peer uses 2)")
     ap.add_argument(
         "--rounds",
@@ -713,7 +843,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # logs stream (the peer scripts print without flushing)
     peer_env = {**env, "BENCH_REPEATS": str(a.repeats), "TRL_EXPERIMENTAL_SILENCE": "1"}
     if a.smoke:
-        peer_env.update(BENCH_REPEATS="1", BENCH_PPO_EPISODES="32")
+        peer_env.update(BENCH_REPEATS="1", BENCH_PPO_EPISODES="32", BENCH_GRPO_STEPS="2")
     rounds = []
     for i in range(a.rounds):
         ours: dict = {}
@@ -793,6 +923,14 @@ def figures(benches, ours: dict, trl: dict) -> tuple[list, dict]:
         if o2 is not None:
             rows.append(("  ours with dropout 0.1 (the baseline's HF default) vs bare", o2, t, "tok/s"))
         r["sft_vs_bare"] = ratio(o, t)
+    if "grpo" in benches:
+        o = dig(ours, "grpo_ours", "completions_per_s_median")
+        t = dig(trl, "grpo_summary", "completions_per_s_median")
+        n = dig(ours, "grpo_ours", "completions") or dig(trl, "grpo_summary", "completions")
+        rows.append(
+            (f"GRPO, {fmt(n, ',.0f')} completions (16 prompts x 4 per step, <=32 tokens)", o, t, "compl./s")
+        )
+        r["grpo"] = ratio(o, t)
     return rows, r
 
 
@@ -843,9 +981,8 @@ def report(a, benches, rounds: list[dict], start_load) -> None:
         print(f"\nours PPO time_share (train_ppo's summary): {p['time_share']}")
         ph = run["phase_seconds"]
         print(
-            f"  seconds: generation {ph['generation']:.2f} (sampling alone {run['sample_seconds']:.2f}), "
-            f"scoring {ph['scoring']:.2f}, update {ph['update']:.2f} (ppo_update alone "
-            f"{run['ppo_update_seconds']:.2f}); loop {run['loop_seconds']:.2f} s"
+            f"  seconds (metrics.jsonl time/*): generation {ph['generation']:.2f}, scoring {ph['scoring']:.2f}, "
+            f"update {ph['update']:.2f}; loop {run['loop_seconds']:.2f} s"
         )
         steps = run["decode_steps_per_rollout"]
         print(
@@ -856,6 +993,24 @@ def report(a, benches, rounds: list[dict], start_load) -> None:
         if tf:  # the peer's own order: generation, scoring, optimisation (and its parts), gc, other
             order = [k for k in TRL_PHASES if k in tf] + sorted(k for k in tf if k not in TRL_PHASES)
             print("TRL PPO phase share: " + ", ".join(f"{k.strip()} {100 * tf[k]:.1f}%" for k in order))
+
+    if "grpo" in benches:
+        g, tg = dig(ours, "grpo_ours"), dig(trl, "grpo_summary")
+        if g:
+            run = g["runs"][g["median_run"]]
+            ph = run["phase_seconds"]
+            steps = run["decode_steps_per_rollout"]
+            print(f"\nours GRPO time_share (train_ppo's summary): {g['time_share']}")
+            print(
+                f"  seconds (metrics.jsonl time/*): generation {ph['generation']:.2f}, scoring "
+                f"{ph['scoring']:.2f}, update {ph['update']:.2f}; loop {run['loop_seconds']:.2f} s; decode steps "
+                f"per rollout {min(steps)}..{max(steps)}; completions with an EOS: "
+                f"{run['rows_with_eos']}/{run['completions']}"
+            )
+        gs = [(who, dig(d, "generate_share_median")) for who, d in (("ours", g), ("TRL", tg))]
+        shown = [f"{who} {100 * x:.0f}%" for who, x in gs if x is not None]
+        if shown:
+            print("GRPO generation share of the timed loop (median over repeats): " + ", ".join(shown))
 
     peak_src = "TRL's bench_torch_baseline"
     peak = dig(trl, "matmul_fp32_1024", "gflops_median")
@@ -878,7 +1033,7 @@ def report(a, benches, rounds: list[dict], start_load) -> None:
                 f"  ours PPO update phase (policy + value, N={p['params_policy_plus_value']:,}): "
                 f"{100 * p['ppo_update_model_gflops'] / peak:.1f}% (6N per real token and epoch, less epoch 1's "
                 "forward where scoring's forward served as it; the last block's skipped prompt positions still "
-                "count, so this is model FLOPs, a little above the FLOPs computed)"
+                "count, so this is model FLOPs, a little above the FLOPs computed; time = the stage's time/update)"
             )
 
     end_load = loadavg()
@@ -906,6 +1061,11 @@ def report(a, benches, rounds: list[dict], start_load) -> None:
         for i, pr in enumerate(per_round):
             print(f"round {i + 1}: {ratio_line(pr)}")
         print(f"(medians over {len(rounds)} rounds below)")
+    for k, want in TARGETS.items():
+        if k in r:
+            got = r[k]
+            verdict = "n/a" if got == "n/a" else ("met" if float(got) >= want else "NOT met")
+            print(f"target {k} >= {want:.1f}: {got} ({verdict})")
     print(f"ratios vs TRL: {ratio_line(r)}")
 
 

@@ -433,6 +433,11 @@ class PPOConfig(TrainConfig):
                 "--advantage gae needs a value model: use --value-model separate|shared, or "
                 "--advantage grpo|rloo|reinforce++"
             )
+        if self.advantage != "gae" and self.value_model != "none":
+            raise UserError(
+                f"--advantage {self.advantage} reads no value model: add --value-model none (a value model would "
+                "be loaded and run for nothing)"
+            )
         if self.advantage in ("grpo", "rloo") and self.samples_per_prompt < 2:
             raise UserError(
                 f"--advantage {self.advantage} compares the completions of one prompt: it needs "

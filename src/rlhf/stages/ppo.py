@@ -261,7 +261,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
         if is_main():
             warn_once(warned, "zero_std", G > 1 and float((group_std == 0).float().mean()) > 0.5,
                       f"{cfg.advantage}: more than half the groups of update {update} got the same score for every "
-                      "completion (advantage 0: they teach nothing); raise --samples-per-prompt or "
+                      "completion (their score teaches nothing); raise --samples-per-prompt or "
                       "--temperature, or use a reward with finer grades")  # fmt: skip
             warn_once(warned, "truncated", truncated > 0.5,
                       f"{cfg.advantage}: more than half the completions of update {update} hit "

@@ -9,6 +9,8 @@ not depend on how a minibatch is split into micro-batches or processes (tests/te
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rlhf.concurrent import run_concurrently
@@ -88,13 +90,16 @@ def ppo_update(
                 if m_all[i].any():  # a micro-batch without loss tokens has no ratio to report
                     for k, v in stats.items():
                         acc[k].append(v)
+            bad = [k for k, v in parts.items() if not math.isfinite(v)]
+            if world() > 1:  # every process stops together (a lone stop would leave the others waiting)
+                bad = bad or (["other process's"] if float(all_reduce_sum(float(bool(bad)))) else [])
+            if bad:  # checked before the step: the weights stay finite
+                raise UserError(
+                    f"update {update + 1}: the {bad[0]} loss is not finite ({parts.get(bad[0])}); nothing of this "
+                    "update was applied, and the last resume checkpoint in --out stays loadable. Lower "
+                    "--optim.lr, or check the scale of the rewards (--reward-clip clips reward models only)"
+                )
             for k, v in parts.items():
-                if v != v or abs(v) == float("inf"):  # checked before the step: the weights stay finite
-                    raise UserError(
-                        f"update {update + 1}: the {k} loss is not finite ({v}); nothing of this update was "
-                        "applied, and the last resume checkpoint in --out stays loadable. Lower --optim.lr, or "
-                        "check the rewards (--reward-clip)"
-                    )
                 acc[k].append(v)
             # The norm is not logged here: without clipping, it is not computed.
             if cfg.optim.grad_clip > 0:
