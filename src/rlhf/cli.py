@@ -92,7 +92,7 @@ def _usage() -> str:
     lines = [
         "usage: rlhf <command> [options]   (rlhf <command> --help for every option)",
         "",
-        "The RLHF pipeline: SFT -> reward model -> PPO, on a laptop CPU first.",
+        "The RLHF pipeline: SFT -> reward model -> PPO / GRPO / RLOO, on a laptop CPU first.",
         "",
         "commands:",
     ]

@@ -459,6 +459,7 @@ class PPOConfig(TrainConfig):
             )
 
 
+# The commands below change defaults only; tyro takes each option's help from PPOConfig's field docstrings.
 @dataclass
 class GRPOConfig(PPOConfig):
     """`rlhf grpo`: GRPO (Shao et al. 2024) - G completions per prompt, advantage = the score normalised within its
@@ -466,30 +467,16 @@ class GRPOConfig(PPOConfig):
     Same loop and options as `rlhf ppo`; only the defaults differ."""
 
     out: Path = Path("runs/grpo")
-    """Directory for the policy checkpoint, metrics.jsonl and summary.json."""
     advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "grpo"
-    """Advantage estimator: 'gae' (needs a value model), 'grpo' (group-normalised score), 'rloo' (leave-one-out
-    baseline), 'reinforce++' (discounted KL-penalised returns whitened over the batch)."""
     samples_per_prompt: int = 4
-    """G completions per prompt, sampled as consecutive rows: one group (grpo and rloo compare within it)."""
     value_model: Literal["separate", "shared", "none"] = "none"
-    """'separate': a value model initialised from the reward model (Huang et al.); 'shared': a value head on the
-    policy trunk; 'none': no value model (critic-free advantages)."""
     episodes: int = 1024
-    """Total prompts to sample over the run (each gives --samples-per-prompt completions)."""
     rollout_batch: int = 16
-    """Prompts sampled per update (completions per update: rollout-batch x samples-per-prompt)."""
     mini_batches: int = 1
-    """Minibatches per epoch over each update's completions (one optimizer step each)."""
     ppo_epochs: int = 1
-    """Passes over each rollout batch (TRL's num_iterations)."""
     kl_coef: float = 0.04
-    """Initial beta of the KL term (0 = no KL and no reference model loaded)."""
     kl_in: Literal["reward", "loss"] = "loss"
-    """Where the KL goes: 'reward' = a per-token penalty -beta*kl_t in the reward; 'loss' = beta*agg(kl_t) added to
-    the policy loss (GRPO)."""
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k3"
-    """Per-token KL estimator (k3 with --kl-in loss, as GRPO)."""
 
 
 @dataclass
@@ -499,23 +486,13 @@ class RLOOConfig(PPOConfig):
     as `rlhf ppo`; only the defaults differ."""
 
     out: Path = Path("runs/rloo")
-    """Directory for the policy checkpoint, metrics.jsonl and summary.json."""
     advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "rloo"
-    """Advantage estimator: 'gae' (needs a value model), 'grpo' (group-normalised score), 'rloo' (leave-one-out
-    baseline), 'reinforce++' (discounted KL-penalised returns whitened over the batch)."""
     samples_per_prompt: int = 4
-    """G completions per prompt, sampled as consecutive rows: one group (grpo and rloo compare within it)."""
     value_model: Literal["separate", "shared", "none"] = "none"
-    """'separate': a value model initialised from the reward model (Huang et al.); 'shared': a value head on the
-    policy trunk; 'none': no value model (critic-free advantages)."""
     episodes: int = 1024
-    """Total prompts to sample over the run (each gives --samples-per-prompt completions)."""
     rollout_batch: int = 16
-    """Prompts sampled per update (completions per update: rollout-batch x samples-per-prompt)."""
     mini_batches: int = 1
-    """Minibatches per epoch over each update's completions (one optimizer step each)."""
     ppo_epochs: int = 1
-    """Passes over each rollout batch (TRL's num_iterations)."""
 
 
 @dataclass

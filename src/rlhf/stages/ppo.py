@@ -256,10 +256,12 @@ def train_ppo(cfg: PPOConfig) -> dict:
         timing["generation"] += exp.seconds["generation"]
         timing["scoring"] += exp.seconds["scoring"]
         timing["update"] += t3 - t0 - exp.seconds["generation"] - exp.seconds["scoring"]
-        group_std = scores.view(-1, G).std(1) if G > 1 else scores.std().view(1)
+        zero_std = (
+            float(torch.isclose(scores.view(-1, G).std(1), torch.zeros(())).float().mean()) if G > 1 else 0.0
+        )
         truncated = float((~exp.finished).float().mean())
         if is_main():
-            warn_once(warned, "zero_std", G > 1 and float((group_std == 0).float().mean()) > 0.5,
+            warn_once(warned, "zero_std", zero_std > 0.5,
                       f"{cfg.advantage}: more than half the groups of update {update} got the same score for every "
                       "completion (their score teaches nothing); raise --samples-per-prompt or "
                       "--temperature, or use a reward with finer grades")  # fmt: skip
@@ -278,7 +280,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 "objective/non_score_reward": float(non_score.sum(1).mean()),
                 "objective/rlhf_reward": float(scores.mean() + non_score.sum(1).mean()),
                 "kl": float(masked_mean(kl, r_mask)),
-                "reward_std": float(group_std.mean()),
+                "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,  # over the batch, as TRL
                 "val/num_eos_tokens": int(exp.finished.sum()),
                 "completions/mean_length": float(r_mask.sum(1).float().mean()),
                 "completions/max_length": int(r_mask.sum(1).max()),
@@ -292,7 +294,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 "time/update": t3 - t0 - exp.seconds["generation"] - exp.seconds["scoring"],
             }
             if G > 1:
-                row["frac_reward_zero_std"] = float((group_std == 0).float().mean())
+                row["frac_reward_zero_std"] = zero_std
             if returns is not None:
                 row["val/explained_variance"] = float(explained_variance(exp.values, returns, r_mask))
             if exp.gold:
