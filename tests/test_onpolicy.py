@@ -326,3 +326,38 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(
     model, _, _ = build_models(cfg, policy, tok, torch.device("cpu"))
     step, _ = restore_training_state(out, {"policy_value": model}, {})
     assert step == 2 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_packed_groups_give_the_outputs_of_separate_rows(monkeypatch):
+    """With G completions per prompt the rollout reads each prompt once (PackedGroups): policy and reference
+    log-probs, values and reward-model scores must equal those of the G separate rows."""
+    import rlhf.rollout as rollout_module
+    from rlhf.data.tokenizer import ByteTokenizer
+    from rlhf.rollout import Completions, Scorer, rollout
+    from rlhf.stages.common import autocast
+
+    torch.manual_seed(0)
+    arch = GPTConfig(n_layer=2, n_embd=32, n_head=2, block_size=64)
+    tok = ByteTokenizer()
+    model = PolicyValue(GPT(arch), ScalarModel(GPT(arch)), "separate").eval()
+    ref, rm = GPT(arch).eval(), ScalarModel(GPT(arch)).eval()
+
+    def rm_score(c: Completions) -> torch.Tensor:
+        if c.packed is not None:
+            return rm(c.packed.ids, None, c.packed.last, c.packed.segments).reshape(-1)
+        return rm.score(c.ids, c.mask)
+
+    prompts = ["Q: hi\nA:", "Q: what is the capital of France?\nA:", "x"]
+    cfg = PPOConfig(samples_per_prompt=3, response_length=10, temperature=1.0)
+    runs = []
+    for packed in (True, False):
+        monkeypatch.setattr(rollout_module, "reads_packed_groups", lambda m, packed=packed: packed)
+        runs.append(rollout(model, ref, Scorer([("rm", rm_score)], [1.0]), tok, prompts,
+                            [tok.encode(p) for p in prompts], {}, cfg, torch.Generator().manual_seed(3),
+                            lambda: autocast("fp32")))  # fmt: skip
+    a, b = runs
+    m = a.response_mask
+    assert torch.equal(a.ids, b.ids) and int(m.sum()) > 30 and len(set(m.sum(1).tolist())) > 1  # ragged
+    for name in ("logprobs", "ref_logprobs", "values", "entropy"):
+        torch.testing.assert_close(getattr(a, name)[m], getattr(b, name)[m], atol=1e-5, rtol=1e-5, msg=name)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-5)

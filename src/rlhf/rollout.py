@@ -71,6 +71,59 @@ def response_logprobs(
     return logprobs_from_logits(logits, response_targets(ids, resp_pos), temperature)
 
 
+@dataclass
+class PackedGroups:
+    """A batch's groups as packed rows: each prompt once, then its G completions as branches (segments 1..G) that
+    each attend to the prompt and themselves only (`GPT.hidden(segments=...)`, as the reward stage packs pairs).
+    The same outputs as the B right-aligned rows, from P + G*R tokens per group instead of G*(P + R)."""
+
+    ids: torch.Tensor  # (B/G, L) packed rows, right-padded
+    segments: torch.Tensor  # (B/G, L) 0 = prompt, k = completion k-1 of the group, -1 = padding
+    predicting: torch.Tensor  # (B/G, G*N) position predicting each response token (completion-major)
+    last: torch.Tensor  # (B/G, G) position of each completion's last real token (where a reward model reads)
+
+
+def pack_groups(
+    ids: torch.Tensor, resp_pos: torch.Tensor, response_mask: torch.Tensor, group_size: int, pad_id: int
+) -> PackedGroups:
+    """Pack right-aligned rows (`right_align`) whose consecutive blocks of `group_size` share a prompt."""
+    B, N = response_mask.shape
+    n_prompt, lengths = resp_pos[:, 0].tolist(), response_mask.sum(1).tolist()
+    j = torch.arange(N, device=ids.device)
+    rows, segs, predicting, last = [], [], [], []
+    for g in range(0, B, group_size):
+        P = n_prompt[g]
+        parts, seg, offset = [ids[g, :P]], [torch.zeros(P, dtype=torch.long, device=ids.device)], P
+        for k in range(group_size):
+            L = lengths[g + k]
+            parts.append(ids[g + k, P : P + L])
+            seg.append(torch.full((L,), k + 1, dtype=torch.long, device=ids.device))
+            # Token 0 is predicted by the prompt's last token, token j by the branch's token j-1; padding (j >= L)
+            # reads the branch's last token (masked out downstream).
+            predicting.append(torch.where(j == 0, P - 1, offset + j - 1).clamp(max=offset + L - 1))
+            last.append(offset + L - 1)
+            offset += L
+        rows.append(torch.cat(parts))
+        segs.append(torch.cat(seg))
+    p_ids, p_mask = pad([r.tolist() for r in rows], pad_id)
+    segments = torch.full_like(p_ids, -1)
+    for r, seg in enumerate(segs):
+        segments[r, : len(seg)] = seg.cpu()
+    n_groups = B // group_size
+    return PackedGroups(
+        p_ids.to(ids.device),
+        segments.to(ids.device),
+        torch.stack(predicting).view(n_groups, group_size * N),
+        torch.tensor(last, device=ids.device).view(n_groups, group_size),
+    )
+
+
+def reads_packed_groups(model) -> bool:
+    """Whether `model` (a policy, a reference, a trunk) reads packed rows: the built-in GPT, LoRA or not."""
+    inner = getattr(model, "model", model)  # AdapterDisabledReference wraps the policy
+    return bool(getattr(inner, "reads_packed_pairs", False))
+
+
 # ------------------------------------------------------------------------------------------------ scoring
 def score_responses(
     reward_model: ScalarModel, ids: torch.Tensor, mask: torch.Tensor, norm: dict | None, clip: float
@@ -113,6 +166,7 @@ class Completions:
     texts: list[str]
     finished: torch.Tensor  # (B,) bool
     columns: dict[str, list]
+    packed: PackedGroups | None = None  # the same rows packed by group, when the policy reads them
 
 
 Source = Callable[[Completions], torch.Tensor]  # -> (B,) float32 scores
@@ -149,7 +203,13 @@ def reward_model_source(path, tok: Tokenizer, dev: torch.device, normalize: bool
     norm = rm_cfg.get("reward_norm") if normalize else None
     inputs = RewardInputs(tok, rm_tok, rm_cfg)
 
+    packable = inputs.tok is None and model.pooling == "last" and reads_packed_groups(model.trunk)
+
     def score(c: Completions) -> torch.Tensor:
+        if packable and c.packed is not None:  # each prompt once; the score at each completion's last token
+            with torch.inference_mode():
+                s = model(c.packed.ids, None, c.packed.last, c.packed.segments).reshape(-1).float()
+            return normalize_scores(s, norm["mean"] if norm else None, norm["std"] if norm else None, clip)
         return score_responses(model, *inputs(c.ids, c.mask, c.prompts, c.texts, c.finished), norm, clip)
 
     return score
@@ -270,28 +330,45 @@ def rollout(
     t1 = time.time()
 
     # Log-probs and values: the training forward's view of the sampled tokens (--dtype bf16: forwards autocast,
-    # log-probs, entropies and values float32).
+    # log-probs, entropies and values float32). With G > 1 completions per prompt on a model that reads packed rows,
+    # each prompt is read once for all its completions (PackedGroups): same outputs, far fewer tokens.
     pos, targets = predicting(resp_pos, ids.size(1)), response_targets(ids, resp_pos)
+    B, N = r_mask.shape
+    packed = None
+    if G > 1 and reads_packed_groups(model.policy) and (ref is None or reads_packed_groups(ref)):
+        packed = pack_groups(ids, resp_pos, r_mask, G, tok.pad_id)
+    inputs = (ids, mask, pos) if packed is None else (packed.ids, None, packed.predicting)
+    segments = None if packed is None else packed.segments
+
+    def unpack(out):  # packed outputs (B/G, G*N, ...) -> (B, N, ...)
+        return out if packed is None or out is None else out.reshape(B, N, *out.shape[2:])
+
     graph = None
     if keep_graph:
         model.train()
-        graph = model.forward_concurrently(ids, mask, pos, autocast)
+        graph = tuple(unpack(t) for t in model.forward_concurrently(*inputs, autocast, segments))
         logits, values = (t.detach() if t is not None else None for t in graph)
     else:
         with torch.inference_mode():
-            logits, values = model.forward_concurrently(ids, mask, pos, autocast)
+            logits, values = (unpack(t) for t in model.forward_concurrently(*inputs, autocast, segments))
     with torch.inference_mode():
         logprobs = logprobs_from_logits(logits, targets, cfg.temperature)
         entropy = entropy_from_logits(logits, cfg.temperature)
         values = values.float() if values is not None else None
         ref_logprobs = None
-        if ref is not None:
+        if ref is not None and packed is not None:
+            with autocast():
+                ref_logits = unpack(
+                    ref(packed.ids, None, positions=packed.predicting, segments=packed.segments)
+                )
+            ref_logprobs = logprobs_from_logits(ref_logits, targets, cfg.temperature)
+        elif ref is not None:
             with autocast():
                 ref_logprobs = response_logprobs(ref, ids, mask, resp_pos, cfg.temperature)
     del logits
 
     texts = [tok.decode(row[m].tolist()) for row, m in zip(roll.response_ids, r_mask)]
-    c = Completions(ids, mask, prompts, texts, roll.finished, columns)
+    c = Completions(ids, mask, prompts, texts, roll.finished, columns, packed)
     scores, parts = scorer(c)
     t2 = time.time()
     return Experience(

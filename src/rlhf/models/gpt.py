@@ -321,15 +321,16 @@ class GPT(nn.Module):
         the mask covers only the new tokens. `segments` (B, T) instead reads packed rows (`pack_pairs`): a shared
         prefix (0) continued by branches (1, 2, ...), padding -1; each token sees the prefix and its own branch.
         `positions` (B, K) (no cache): only those positions' states, (B, K, C); the last block then computes
-        just those (PPO reads the response positions, a reward model the last token). Padding positions' states
-        are zeros or unspecified: never read.
+        just those (PPO reads the response positions, a reward model the last token) - with `segments`, they are
+        read after the full forward. Padding positions' states are zeros or unspecified: never read.
         """
         B, T = idx.shape
         inference = not (self.training or torch.is_grad_enabled())
         if segments is not None:
             assert cache is None and attention_mask is None, "segments replace the mask and take no cache"
             attn_mask, pos = self._segment_mask(segments)
-            return self._blocks(idx, pos, attn_mask)
+            x = self._blocks(idx, pos, attn_mask)
+            return x if positions is None else x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.size(-1)))
         if cache is None or cache.length == 0:  # training, scoring, or the prefill of an empty cache
             return self._token_forward(idx, attention_mask, positions, cache)
         assert positions is None, "positions are for forwards without a cache"
@@ -489,9 +490,11 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next-token logits (B, T, vocab); (B, K, vocab) at `positions` only (see `hidden`)."""
-        return self.lm_head(self.hidden(idx, attention_mask, cache, positions=positions))
+        """Next-token logits (B, T, vocab); (B, K, vocab) at `positions` only; packed rows with `segments` (see
+        `hidden`)."""
+        return self.lm_head(self.hidden(idx, attention_mask, cache, segments=segments, positions=positions))
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute block activations in backward instead of storing them (training only; same name as HF's)."""

@@ -32,10 +32,18 @@ def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return x.gather(1, positions)
 
 
-def hidden_at(trunk: nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None):
+def hidden_at(
+    trunk: nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None,
+    positions: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
+):
     """`trunk.hidden(ids, mask)`: (B, T, C), or (B, K, C) at `positions` (B, K) only. A trunk that says
     `reads_positions` computes just those (the built-in GPT skips most of its last block); any other is read after
-    its full forward."""
+    its full forward. `segments`: packed rows (shared prefix + branches, `reads_packed_pairs` trunks only)."""
+    if segments is not None:
+        return trunk.hidden(ids, segments=segments, positions=positions)
     if positions is None:
         return trunk.hidden(ids, mask)
     if getattr(trunk, "reads_positions", False):
@@ -65,10 +73,15 @@ class ScalarModel(nn.Module):
         self.trunk.gradient_checkpointing_enable()
 
     def forward(
-        self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        positions: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-token scalars (B, T), or (B, K) at `positions` (B, K) only (the value model reads the response's)."""
-        return self.head(hidden_at(self.trunk, ids, attention_mask, positions)).squeeze(-1)
+        """Per-token scalars (B, T), or (B, K) at `positions` (B, K) only (the value model reads the response's);
+        packed rows with `segments`."""
+        return self.head(hidden_at(self.trunk, ids, attention_mask, positions, segments)).squeeze(-1)
 
     def score(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """One scalar per sequence (B,): at the last real token (computed there only), or the mean over real

@@ -36,35 +36,49 @@ class PolicyValue(nn.Module):
         return self.layout != "none"
 
     def forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor | None,
+        positions: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits (B, T, V), values (B, T) or None), or (B, K, V) and (B, K) at `positions` (B, K) only: the update
         reads just the positions predicting the response (the built-in GPT then skips most of its last block, and
-        the LM head never sees the prompt)."""
+        the LM head never sees the prompt). `segments`: packed rows (a prompt once, its completions as branches)."""
+        packed = {} if segments is None else {"segments": segments}
         if self.layout == "separate":
-            return self.policy(ids, mask, positions=positions), self.value(ids, mask, positions)
+            return self.policy(ids, mask, positions=positions, **packed), self.value(
+                ids, mask, positions, segments
+            )
         if self.layout == "none":
-            return self.policy(ids, mask, positions=positions), None
-        h = hidden_at(self.policy, ids, mask, positions)
+            return self.policy(ids, mask, positions=positions, **packed), None
+        h = hidden_at(self.policy, ids, mask, positions, segments)
         return self.policy.lm_head(h), self.value_head(h).squeeze(-1)
 
     def forward_concurrently(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, autocast
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor | None,
+        positions: torch.Tensor,
+        autocast,
+        segments: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`forward` under `autocast()` (a context factory); separate policy and value models run side by side
         (rlhf.concurrent: they share no parameter, so each takes one of the CPU cores). Autocast is thread-local:
         each worker enters it."""
 
+        packed = {} if segments is None else {"segments": segments}
+
         def policy() -> torch.Tensor:
             with autocast():
-                return self.policy(ids, mask, positions=positions)
+                return self.policy(ids, mask, positions=positions, **packed)
 
         def value() -> torch.Tensor:
             with autocast():
-                return self.value(ids, mask, positions)
+                return self.value(ids, mask, positions, segments)
 
         if self.layout != "separate":
             with autocast():
-                return self(ids, mask, positions)
+                return self(ids, mask, positions, segments)
         logits, values = run_concurrently(policy, value)
         return logits, values
