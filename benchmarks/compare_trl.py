@@ -18,8 +18,8 @@ What is measured, and how it matches the peer (`common.py` and its `bench_*.py` 
 * reward (bench_reward.py): `rlhf.stages.reward.train_reward` itself (pair_batch -> ScalarModel.score_pairs ->
   bradley_terry_loss -> make_optimizer's AdamW) on a fresh GPT, the 512 pairs written as JSONL to a temp dir,
   1 epoch, batch 16 pairs, max_length 256, lr 1e-4, eval-fraction 0 (all 512 pairs train, as in TRL). Time = the
-  training loop (the stage's progress bar opens right before it and closes right after: the span TRL's
-  `trainer.train()` covers); pairs/s = 512 / median over repeats.
+  training loop as the stage reports it (`loop_seconds`: the span TRL's `trainer.train()` covers); pairs/s = 512 /
+  median over repeats.
 * ppo (bench_ppo.py): `rlhf.stages.ppo.train_ppo` on random-init checkpoints written with the project's own
   `save_checkpoint` (policy = reference = the workload GPT; reward = value = the workload GPT + scalar head), the 128
   prompts as a JSONL file, 256 episodes = 16 updates x 16 prompts, 32-token responses, 4 PPO epochs, 1 minibatch,
@@ -186,40 +186,6 @@ def workload_gpt(seed: int = 0):
     return GPT(GPTConfig())
 
 
-class LoopClock:
-    """Wall time of a stage's main loop: the stage opens its progress bar right before the loop, closes it after.
-
-    Installed by replacing the stage module's `progress` helper (the source is not changed); `seconds` is None if a
-    stage no longer does that, and the caller falls back to the stage's own summary time. Only the reward stage
-    needs it: the on-policy stage reports its loop time (`loop_seconds`) itself.
-    """
-
-    def __init__(self, module):
-        self.start = self.end = self._current = None
-        self._orig = module.progress
-        module.progress = self._progress
-
-    def _progress(self, *a, **kw):
-        bar = self._orig(*a, **kw)
-        self.start, self.end = time.perf_counter(), None
-        close, mine = bar.close, object()
-        self._current = mine
-
-        def closed():
-            # Only this run's bar counts: an earlier run's bar may be closed again later by tqdm's __del__ when
-            # the garbage collector frees it, in the middle of this run.
-            if self._current is mine and self.end is None:
-                self.end = time.perf_counter()
-            close()
-
-        bar.close = closed
-        return bar
-
-    @property
-    def seconds(self) -> float | None:
-        return None if self.start is None or self.end is None else self.end - self.start
-
-
 def peak_rss_self_mib() -> float:
     import resource
 
@@ -355,7 +321,6 @@ def child_reward(a, common) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="rlhf_rm_bench_"))
     data = tmp / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    clock = LoopClock(reward_mod)
     counts = {"padded": 0, "nonpad": 0}
     orig_pair_batch = reward_mod.pair_batch
 
@@ -387,7 +352,7 @@ def child_reward(a, common) -> dict:
         )
         counts.update(padded=0, nonpad=0)
         summary = reward_mod.train_reward(cfg)
-        return summary, clock.seconds
+        return summary, summary["loop_seconds"]  # the training loop's wall time, as the stage reports it
 
     try:
         if not a.smoke:

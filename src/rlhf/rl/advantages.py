@@ -169,7 +169,7 @@ def grpo_advantages(
     """Group-relative advantages of GRPO (Shao et al. 2024, DeepSeekMath, eq. for outcome supervision).
 
     For sample i of group g: A_i = (r_i - mean_g) / (std_g + eps), std_g the sample standard deviation
-    (Bessel's correction, torch.std's default), as TRL's GRPOTrainer._compute_advantages. With
+    (Bessel's correction, torch.std's default), as TRL's GRPOTrainer._generate_and_score_completions. With
     `scale_by_std=False`, A_i = r_i - mean_g only (Dr. GRPO, Liu et al. 2025: dividing by std_g up-weights
     prompts that are nearly always solved or always failed).
 
@@ -282,7 +282,7 @@ def _grpo_advantages(
     scale_rewards: str = "group",
     all_reduce: AllReduce | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """GRPO (Shao et al. 2024; TRL GRPOTrainer._compute_advantages) on s_b = sum_t mask * r_t, broadcast to
+    """GRPO (Shao et al. 2024; TRL GRPOTrainer._generate_and_score_completions) on s_b = sum_t mask * r_t, broadcast to
     every masked token of sequence b. scale_rewards (TRL's names):
       "group": (s - mean_g) / (std_g + 1e-4);
       "batch": (s - mean_g) / (std_batch + 1e-4), std_batch over all B sequences (of all processes when

@@ -7,7 +7,6 @@ train_reward(cfg): 1 set-up -> 2 data -> 3 model -> 4 optimizer -> 5 resume -> 6
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,18 +14,14 @@ import torch
 from rlhf.checkpoint import write_json
 from rlhf.config import RewardConfig, RewardEvalConfig
 from rlhf.data.collate import (
-    Encoded,
     encode_prompt_response,
     length_bucketed_batches,
-    pack_pairs,
     pad,
-    shared_prefix_length,
 )
-from rlhf.data.loader import load_pairs
+from rlhf.data.pairs import EncodedPair, batch_lengths, encode_pairs, load_pair_data, pair_batch
 from rlhf.data.tokenizer import ByteTokenizer, Tokenizer
-from rlhf.distributed import all_reduce_sum, device, is_main, no_sync, shard, share, world, wrap_ddp
+from rlhf.distributed import device, is_main, share
 from rlhf.errors import UserError
-from rlhf.metrics import MetricsWriter
 from rlhf.models.build import (
     disable_dropout,
     gpt_backbone_spec,
@@ -42,88 +37,12 @@ from rlhf.rl import bradley_terry_loss, center_rewards_loss, expected_calibratio
 from rlhf.stages.common import (
     adapt_for_training,
     autocast,
-    clip_grads,
     config_dict,
-    lr_factor,
     make_optimizer,
-    progress,
-    restore_training_state,
-    save_training_state,
     say,
-    set_lr,
     setup_run,
 )
-from rlhf.tasks import get_task
-
-
-@dataclass
-class EncodedPair:
-    chosen: Encoded
-    rejected: Encoded
-    margin: float | None
-    gold_agrees: bool | None = (
-        None  # built-in task: does the gold judge prefer `chosen`? (None for user data)
-    )
-
-    @property
-    def truncated(self) -> bool:
-        return self.chosen.truncated or self.rejected.truncated
-
-
-def load_pair_data(cfg, split_user_file: bool) -> tuple[list[dict], list[dict], object]:
-    """(train pairs, held-out pairs, task or None) as dicts with prompt/chosen/rejected/margin[/gold_agrees]."""
-    if cfg.data is None:
-        t = cfg.task
-        task = get_task(
-            t.name, seed=cfg.seed, label_noise=t.label_noise, length_bias=t.length_bias, label_by=t.label_by
-        )
-
-        def pairs(split: str, n: int) -> list[dict]:
-            return [
-                {**p, "margin": None, "gold_agrees": p["gold_chosen"] > p["gold_rejected"]}
-                for p in task.preference_pairs(n, split=split)
-            ]
-
-        return pairs("train", t.n_train if split_user_file else 0), pairs("test", t.n_eval), task
-    rows = [
-        {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "margin": p.margin}
-        for p in load_pairs(cfg.data, cfg.keys.column_keys())
-    ]
-    if not split_user_file:
-        return [], rows, None
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    n_eval = int(round(len(rows) * cfg.eval_fraction))
-    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]], None
-
-
-def encode_pairs(
-    tok: Tokenizer, rows: list[dict], max_length: int, use_margin: bool = True
-) -> list[EncodedPair]:
-    """Tokenise (prompt, chosen) and (prompt, rejected), EOS appended so the score is read at the EOS."""
-    return [
-        EncodedPair(
-            encode_prompt_response(tok, r["prompt"], r["chosen"], max_length),
-            encode_prompt_response(tok, r["prompt"], r["rejected"], max_length),
-            r.get("margin") if use_margin else None,
-            r.get("gold_agrees"),
-        )
-        for r in rows
-    ]
-
-
-def pair_batch(pairs: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed pairs `(ids, segments)` (B, T): the shared prompt once, then both responses
-    (`ScalarModel.score_pairs` scores chosen and rejected in one forward pass)."""
-    return pack_pairs([p.chosen.ids for p in pairs], [p.rejected.ids for p in pairs], pad_id)
-
-
-def batch_lengths(model: ScalarModel, pairs: list[EncodedPair]) -> list[int]:
-    """Each pair's share of a padded batch, for length bucketing: its packed row where the trunk reads packed
-    pairs, else the longer of its two rows."""
-    if model.reads_packed_pairs:
-        return [len(p.chosen.ids) + len(p.rejected.ids) - shared_prefix_length(p.chosen.ids, p.rejected.ids)
-                for p in pairs]  # fmt: skip
-    return [max(len(p.chosen.ids), len(p.rejected.ids)) for p in pairs]
+from rlhf.stages.train_loop import TrainLoop
 
 
 @torch.no_grad()
@@ -243,7 +162,7 @@ def train_reward(cfg: RewardConfig) -> dict:
     micro_per_epoch = max(1, -(-len(train) // cfg.batch_size))
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * micro_per_epoch / cfg.optim.grad_accum))
     opt = make_optimizer(model, cfg.optim)
-    lengths = batch_lengths(model, train)
+    lengths = batch_lengths(model.reads_packed_pairs, train)
     orders: dict[int, list[list[int]]] = {}
 
     def micro_batch(index: int) -> list[EncodedPair]:
@@ -255,71 +174,41 @@ def train_reward(cfg: RewardConfig) -> dict:
             )
         return [train[i] for i in orders[epoch][pos]]
 
-    # 5. Resume.
-    step = 0
-    restored = restore_training_state(out, {"reward": model}, {"reward": opt}) if cfg.resume else None
-    if restored is not None:
-        step = restored[0]
-        say(f"reward: resumed at step {step}")
-    metrics = MetricsWriter(
-        out / "metrics.jsonl", resume_step=step if restored is not None else None, tensorboard=cfg.tensorboard
+    def held_out() -> dict:
+        ev = evaluate(model, tok, held, 2 * cfg.batch_size, cfg.n_bins) if held else {}
+        return {f"eval/{k}": ev[k] for k in ("accuracy", "margin", "ece") if k in ev}
+
+    # 5. Resume, metrics, checkpoints: the shared loop (stages/train_loop.py).
+    loop = TrainLoop(
+        "reward", cfg, out, model, opt, total_steps, micro_batch, held_out, ddp_method="score_pairs"
     )
 
     # 6. Loop: chosen + rejected in one forward; BT loss (+ margin, smoothing, centering), mean over the step's pairs.
     #    Under torchrun every rank takes its pairs of each global micro-batch; DDP averages the gradients.
-    train_model = wrap_ddp(model, method="score_pairs")
-    bar = progress(total_steps, "reward", cfg.progress, initial=step)
-    while step < total_steps:
-        lr = cfg.optim.lr * lr_factor(step, total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
-        set_lr(opt, lr)
-        chunks = [micro_batch(step * cfg.optim.grad_accum + j) for j in range(cfg.optim.grad_accum)]
-        n_pairs = sum(len(c) for c in chunks)
-        loss_sum, correct, margin_sum = 0.0, 0, 0.0
-        for j, chunk in enumerate(chunks):
-            chunk, real = shard(chunk)  # this rank's pairs (all of them in one process)
+    t_loop = time.time()
+    for step in loop:
+        step.total = sum(len(b) for b in step.batches)  # the step's pairs
+        for chunk, real in step.shards():
             ids, segments = pair_batch(chunk, tok.pad_id)
-            with no_sync(train_model, sync=j == len(chunks) - 1):  # one all-reduce per optimizer step
-                with autocast(cfg.dtype, device()):
-                    rc, rr = train_model(ids.to(device()), segments.to(device()), tok.pad_id)
-                rc, rr = rc.float(), rr.float()
-                margin = None
-                if any(p.margin is not None for p in chunk):
-                    margin = torch.tensor([p.margin or 0.0 for p in chunk], dtype=rc.dtype, device=rc.device)
-                loss = bradley_terry_loss(rc, rr, margin, cfg.label_smoothing)
-                if cfg.center_rewards > 0:
-                    loss = loss + cfg.center_rewards * center_rewards_loss(rc, rr)
-                # The loss is a mean over this chunk; weight by its share so the step's loss is a mean over all
-                # pairs (x world(): DDP averages the ranks' gradients, which must add up instead).
-                (loss * (len(chunk) * real * world()) / n_pairs).backward()
-            loss_sum += float(loss.detach()) * len(chunk) * real
-            correct += int((rc > rr).sum()) * real
-            margin_sum += float((rc - rr).detach().sum()) * real
-        grad_norm = clip_grads(model, cfg.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        row = {}
-        if step % cfg.log_every == 0 or step == total_steps:
-            sums = torch.tensor([loss_sum, correct, margin_sum], dtype=torch.float64)
-            loss_sum, correct, margin_sum = all_reduce_sum(sums).tolist()  # over all ranks' pairs
-            row = {
-                "loss": loss_sum / n_pairs,
-                "accuracy": correct / n_pairs,
-                "margin": margin_sum / n_pairs,
-                "lr": lr,
-                "grad_norm": grad_norm,
-            }
-        if held and is_main() and (step % cfg.eval_every == 0 or step == total_steps):
-            ev = evaluate(model, tok, held, 2 * cfg.batch_size, cfg.n_bins)
-            row.update({"eval/accuracy": ev["accuracy"], "eval/margin": ev["margin"], "eval/ece": ev["ece"]})
-            bar.set_postfix(eval_acc=f"{ev['accuracy']:.3f}")
-        if row:
-            metrics.log(step, **row)
-        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and is_main():
-            save_training_state(out, step, {"reward": model}, {"reward": opt})
-    bar.close()
-    metrics.close()
+            with autocast(cfg.dtype, device()):
+                rc, rr = loop.train_model(ids.to(device()), segments.to(device()), tok.pad_id)
+            rc, rr = rc.float(), rr.float()
+            margin = None
+            if any(p.margin is not None for p in chunk):
+                margin = torch.tensor([p.margin or 0.0 for p in chunk], dtype=rc.dtype, device=rc.device)
+            loss = bradley_terry_loss(rc, rr, margin, cfg.label_smoothing)
+            if cfg.center_rewards > 0:
+                loss = loss + cfg.center_rewards * center_rewards_loss(rc, rr)
+            # The losses are means over this chunk: times its size, a sum over its pairs.
+            step.backward(
+                loss * len(chunk),
+                real,
+                loss=float(loss.detach()) * len(chunk),
+                accuracy=int((rc > rr).sum()),
+                margin=float((rc - rr).detach().sum()),
+            )
+    loop_seconds = time.time() - t_loop
+    step = loop.step
     train_seconds = time.time() - t0
     if not is_main():  # rank 0 evaluates and saves; the other ranks wait for its summary
         return share(None)
@@ -360,6 +249,7 @@ def train_reward(cfg: RewardConfig) -> dict:
         "n_truncated": n_truncated,
         "steps": step,
         "seconds": round(train_seconds, 2),
+        "loop_seconds": round(loop_seconds, 3),
         "reward_norm": norm,
         "reliability": ev.get("reliability", []),
     }

@@ -16,27 +16,21 @@ from rlhf.config import SFTConfig
 from rlhf.data.collate import encode_prompt_response, length_bucketed_batches, sft_batch
 from rlhf.data.loader import load_sft
 from rlhf.data.tokenizer import ByteTokenizer
-from rlhf.distributed import all_reduce_sum, device, is_main, no_sync, shard, share, world, wrap_ddp
+from rlhf.distributed import device, is_main, share
 from rlhf.errors import UserError
-from rlhf.metrics import MetricsWriter
 from rlhf.models.build import gpt_backbone_spec, load_policy, save_checkpoint, save_tokenizer
 from rlhf.models.gpt import GPT
 from rlhf.models.lora import merge_lora, trainable_params
 from rlhf.stages.common import (
     adapt_for_training,
     autocast,
-    clip_grads,
     config_dict,
     generate_texts,
-    lr_factor,
     make_optimizer,
-    progress,
-    restore_training_state,
-    save_training_state,
     say,
-    set_lr,
     setup_run,
 )
+from rlhf.stages.train_loop import TrainLoop
 from rlhf.tasks import get_task
 
 
@@ -103,14 +97,9 @@ def gold_of_samples(model, tok, task, prompts, cfg: SFTConfig) -> dict:
     }
 
 
-def shard_rows(batch: dict[str, torch.Tensor], dev: torch.device) -> tuple[dict[str, torch.Tensor], int]:
-    """This process's rows of a global batch, trimmed to their longest sequence, on `dev`; and 1, or 0 for a
-    stand-in row whose loss must count for nothing (fewer rows than processes; see `distributed.shard`)."""
-    if world() == 1:
-        return {k: v.to(dev) for k, v in batch.items()}, 1
-    rows, real = shard(range(batch["input_ids"].size(0)))
-    width = int(batch["attention_mask"][rows].sum(1).max())
-    return {k: v[rows, :width].to(dev) for k, v in batch.items()}, int(real)
+def sft_targets(e) -> int:
+    """Next-token targets of the loss in encoded example `e`: the positions sft_batch's loss_mask marks."""
+    return len(e.ids) - 1 - max(e.prompt_len - 1, 0)  # as sft_batch's loss_mask
 
 
 def train_sft(cfg: SFTConfig) -> dict:
@@ -161,72 +150,37 @@ def train_sft(cfg: SFTConfig) -> dict:
 
     orders: dict[int, list[list[int]]] = {}
 
-    def micro_batch(index: int):
+    def micro_batch(index: int) -> list:
         """The index-th micro-batch of the run: epoch e's order depends only on (seed, e), so resume is exact."""
         epoch, pos = divmod(index, micro_per_epoch)
         if epoch not in orders:
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             orders[epoch] = length_bucketed_batches(lengths, cfg.batch_size, gen)
-        return sft_batch([enc_train[i] for i in orders[epoch][pos]], tok.pad_id)
+        return [enc_train[i] for i in orders[epoch][pos]]
 
-    # 5. Resume: weights, optimizer, RNG states and the data position from the newest resume checkpoint.
-    step = 0
-    restored = restore_training_state(out, {"policy": model}, {"policy": opt}) if cfg.resume else None
-    if restored is not None:
-        step = restored[0]
-        say(f"sft: resumed at step {step}")
-    metrics = MetricsWriter(
-        out / "metrics.jsonl", resume_step=step if restored is not None else None, tensorboard=cfg.tensorboard
-    )
+    def evaluate() -> dict:
+        return {"eval/loss": heldout_loss(model, eval_batches)} if eval_batches else {}
 
-    first = step == 0 and is_main()  # evaluation happens on rank 0 only
+    # 5. Resume (weights, optimizer, RNG states, data position), metrics and checkpoints: the shared loop.
+    loop = TrainLoop("sft", cfg, out, model, opt, total_steps, micro_batch, evaluate, state_name="policy")
+    first = not loop.resumed and is_main()  # evaluation happens on rank 0 only
     gold = task is not None and cfg.gold_samples > 0  # --gold-samples 0 skips the gold measurement
     gold_before = gold_of_samples(model, tok, task, _gold_prompts(task, cfg), cfg) if gold and first else None
     loss_before = heldout_loss(model, eval_batches) if eval_batches and first else None
 
     # 6. Loop: each optimizer step accumulates grad_accum micro-batches, normalised by the step's token count.
-    #    Under torchrun every rank builds the same global micro-batches and trains on its rows (shard_rows); DDP
-    #    averages the gradients over ranks.
-    train_model = wrap_ddp(model)
-    bar = progress(total_steps, "sft", cfg.progress, initial=step)
-    tokens_seen, t_loop = 0, time.time()
-    while step < total_steps:
-        lr = cfg.optim.lr * lr_factor(step, total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
-        set_lr(opt, lr)
-        batches = [micro_batch(step * cfg.optim.grad_accum + j) for j in range(cfg.optim.grad_accum)]
+    #    Under torchrun every rank builds the same global micro-batches and trains on its rows; DDP averages the
+    #    gradients over ranks.
+    for step in loop:
         # The global step's target tokens, known to every rank (each builds the same global micro-batches).
-        n_tokens = sum(int(b["loss_mask"][:, :-1].sum()) for b in batches)
-        loss_sum = 0.0
-        for j, b in enumerate(batches):
-            b, real = shard_rows(b, dev)
-            with no_sync(train_model, sync=j == len(batches) - 1):  # one all-reduce per optimizer step
-                with autocast(cfg.dtype, dev):
-                    logits = train_model(b["input_ids"])
-                nll, _ = sft_loss(logits, b["input_ids"], b["loss_mask"])
-                # Each rank's token sum over the GLOBAL count, x world() because DDP averages the ranks'
-                # gradients: the result is exactly the one-process gradient of the global token mean.
-                (nll * (real * world()) / max(n_tokens, 1)).backward()
-            loss_sum += float(nll.detach()) * real
-            tokens_seen += int(b["attention_mask"].sum()) * real
-        grad_norm = clip_grads(model, cfg.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        row = {}
-        if step % cfg.log_every == 0 or step == total_steps:
-            loss_sum = float(all_reduce_sum(loss_sum))  # over all ranks' tokens
-            row = {"loss": loss_sum / max(n_tokens, 1), "lr": lr, "grad_norm": grad_norm}
-            row["tokens_per_s"] = float(all_reduce_sum(tokens_seen)) / max(time.time() - t_loop, 1e-9)
-        if eval_batches and is_main() and (step % cfg.eval_every == 0 or step == total_steps):
-            row["eval/loss"] = heldout_loss(model, eval_batches)
-        if row:
-            metrics.log(step, **row)
-            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}")
-        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and is_main():
-            save_training_state(out, step, {"policy": model}, {"policy": opt})
-    bar.close()
-    metrics.close()
+        step.total = max(sum(sft_targets(e) for b in step.batches for e in b), 1)
+        for examples, real in step.shards():
+            b = {k: v.to(dev) for k, v in sft_batch(examples, tok.pad_id).items()}
+            with autocast(cfg.dtype, dev):
+                logits = loop.train_model(b["input_ids"])
+            nll, _ = sft_loss(logits, b["input_ids"], b["loss_mask"])
+            step.backward(nll, real, loss=float(nll.detach()), tokens=int(b["attention_mask"].sum()))
+    step = loop.step
     train_seconds = time.time() - t0
     if not is_main():  # rank 0 evaluates and saves; the other ranks wait for its summary
         return share(None)
