@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rlhf import cli
+from tiny_runs import TINY_REWARD, TINY_SFT
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -19,18 +20,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-TINY_SFT = [
-    "--arch.n-layer", "1", "--arch.n-embd", "32", "--arch.n-head", "2",
-    "--task.n-train", "200", "--task.n-eval", "40", "--gold-samples", "8", "--max-new-tokens", "8",
-    "--max-length", "64", "--optim.lr", "3e-3", "--optim.warmup-steps", "5", "--max-steps", "40",
-    "--no-progress", "--threads", "1",
-]  # fmt: skip
-TINY_REWARD = [
-    "--task.n-train", "200", "--task.n-eval", "40", "--max-length", "64", "--max-steps", "20",
-    "--optim.lr", "1e-3", "--optim.warmup-steps", "2", "--no-progress", "--threads", "1",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

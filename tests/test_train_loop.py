@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from conftest import TINY_REWARD, TINY_SFT
 from rlhf import cli
 from rlhf.metrics import read_metrics
+from tiny_runs import TINY_REWARD, TINY_SFT
 
 SFT_PINNED = {
     "loss": [5.244497291077959, 4.692775519975512, 4.175689619215553, 3.8933527853636614, 3.6675164737159895,
