@@ -241,3 +241,14 @@ def test_reward_on_hugging_face_trunk_two_processes_match_one_process(tmp_path):
     cli.run(["reward", *args, "--out", str(one)])
     torchrun("reward", *args, "--out", str(two))
     assert_same_run(one, two, ("loss", "accuracy", "margin"))
+
+
+def test_dpo_two_processes_match_one_process(tmp_path, tiny_sft):
+    # 21 pairs in global batches of 10: 10, 10 and 1 (a rank without a pair in the last one); grad_accum 2.
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--task.n-train", "21", "--task.n-eval", "8", "--batch-size", "5", "--optim.grad-accum", "2",
+            "--max-steps", "3", "--optim.warmup-steps", "1", "--log-every", "1", "--eval-every", "100",
+            "--gold-samples", "0", "--no-progress", "--threads", "1", "--device", "cpu"]  # fmt: skip
+    cli.run(["dpo", "--sft", str(tiny_sft), *args, "--out", str(one)])
+    torchrun("dpo", "--sft", str(tiny_sft), *args, "--out", str(two))
+    assert_same_run(one, two, ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen"))

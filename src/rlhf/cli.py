@@ -41,6 +41,11 @@ COMMANDS: dict[str, Command] = {
         C.GRPOConfig, "rlhf.stages.ppo:train_ppo", "Stage 3: GRPO (group-normalised scores, KL in the loss)"
     ),
     "rloo": Command(C.RLOOConfig, "rlhf.stages.ppo:train_ppo", "Stage 3: RLOO (leave-one-out baseline)"),
+    "dpo": Command(
+        C.DPOConfig,
+        "rlhf.stages.dpo:train_dpo",
+        "Offline preference optimisation: DPO, IPO, hinge, SimPO, ...",
+    ),
     "compare": Command(
         C.CompareConfig, "rlhf.eval.compare:run_compare", "SFT vs PPO: gold, proxy, KL, samples"
     ),

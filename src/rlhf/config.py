@@ -316,6 +316,69 @@ class RewardEvalConfig(RunConfig):
     """Bins of the reliability table."""
 
 
+@dataclass
+class DPOConfig(TrainConfig):
+    """Offline preference optimisation from the SFT policy: DPO (Rafailov et al. 2023) and its relatives - IPO,
+    cDPO / robust DPO (label smoothing), hinge (SLiC), SimPO (no reference) - on preference pairs, with the frozen
+    SFT model as the reference. No reward model, no sampling."""
+
+    out: Path = Path("runs/dpo")
+    """Directory for the policy checkpoint, metrics.jsonl and summary.json."""
+    sft: Path = Path("runs/sft")
+    """SFT checkpoint: the policy's starting point and the frozen reference."""
+    data: Path | None = None
+    """Preference pairs file (any pair schema the loader reads); none = the built-in task's pairs."""
+    keys: DataKeys = field(default_factory=DataKeys)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "simpo"] = "sigmoid"
+    """'sigmoid' (DPO; cDPO with --label-smoothing), 'ipo', 'hinge' (SLiC), 'robust' (robust DPO), 'simpo'
+    (length-normalised log-probs, no reference model)."""
+    beta: float = 0.1
+    """beta: the strength of the implicit KL leash (SimPO's reward scale; 2.0 is SimPO's usual value)."""
+    label_smoothing: float = 0.0
+    """Assumed share of flipped labels (cDPO with 'sigmoid', robust DPO with 'robust'); < 0.5."""
+    simpo_gamma: float = 0.5
+    """SimPO's target margin gamma."""
+    rpo_alpha: float = 0.0
+    """Weight of an NLL term on the chosen response, per token (RPO; 0 = off)."""
+    precompute_ref: bool = True
+    """Compute the reference log-probs of every pair once before training (else every step)."""
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0, warmup_steps=10, min_lr_ratio=0.1)
+    )
+    batch_size: int = 32
+    """Pairs per micro-batch."""
+    epochs: float = 1.0
+    """Passes over the training pairs (fractions allowed)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0 = use epochs)."""
+    max_length: int = 0
+    """Longest sequence in tokens (0 = the policy's block size, or 512); longer pairs lose their oldest prompt
+    tokens (counted, never dropped)."""
+    eval_fraction: float = 0.1
+    """Share of a user data file held out for evaluation (the built-in task has its own test split)."""
+    eval_every: int = 50
+    """Evaluate held-out pairs (and the gold score of samples) every N steps."""
+    log_every: int = 10
+    """Log training metrics every N steps."""
+    save_every: int = 200
+    """Write a resume checkpoint every N steps."""
+    resume: bool = False
+    """Continue from the newest resume checkpoint in --out."""
+    gold_samples: int = 64
+    """Held-out prompts sampled at each evaluation for the gold score (built-in task; 0 = skip)."""
+    max_new_tokens: int = 32
+    """Token budget for those samples."""
+    temperature: float = 0.7
+    """Sampling temperature of those samples."""
+
+    def __post_init__(self):
+        if not 0 <= self.label_smoothing < 0.5:
+            raise UserError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.beta <= 0:
+            raise UserError(f"--beta must be > 0, got {self.beta}")
+
+
 BUILTIN_REWARD_FNS = ("model", "length", "gold")
 
 

@@ -6,7 +6,7 @@
   per-token rewards (KL penalty on every token, score on the last);
 - advantages: KL estimators, GAE, discounted returns, GRPO / Dr. GRPO, RLOO, REINFORCE++, and ADVANTAGES,
   the estimators behind one common signature;
-- losses: PPO policy (with clip-higher) and value losses, loss aggregation over tokens / sequences, clip
+- losses: PPO policy (with clip-higher) and value losses, the DPO family and SimPO, loss aggregation over tokens / sequences, clip
   diagnostics, reward-model losses;
 - kl_control, logprobs, calibration: KL controllers, log-prob / entropy helpers, reward-model calibration.
 """
@@ -22,19 +22,25 @@ from rlhf.rl.advantages import (
 from rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
 from rlhf.rl.logprobs import entropy_from_logits, logprobs_from_logits
 from rlhf.rl.losses import (
+    DPO_LOSS_TYPES,
     LOSS_AGGS,
     aggregate_loss,
     approx_kl,
     bradley_terry_loss,
     center_rewards_loss,
     clip_ratio_regions,
+    dpo_loss,
     ppo_policy_loss,
     ppo_value_loss,
+    simpo_loss,
 )
 from rlhf.rl.rewards import missing_eos_penalty, normalize_scores, per_token_rewards, weighted_scores
 from rlhf.rl.stats import WHITEN_EPS, explained_variance, masked_mean, masked_var, masked_whiten
 
 __all__ = [
+    "DPO_LOSS_TYPES",
+    "dpo_loss",
+    "simpo_loss",
     "ADVANTAGES",
     "LOSS_AGGS",
     "WHITEN_EPS",

@@ -232,3 +232,77 @@ def ppo_value_loss(
     loss = 0.5 * aggregate_loss(torch.maximum(loss_unclipped, loss_clipped), mask, num_tokens=num_tokens)
     clipfrac = masked_mean((loss_clipped > loss_unclipped).to(values.dtype), mask).detach()
     return loss, clipfrac
+
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair losses of DPO and its relatives, from summed response log-probs.
+
+    With z = (pi_c - pi_r) - (ref_c - ref_r) (the implicit reward margin over beta) and smoothing eps:
+      "sigmoid": -(1 - eps) * log sigmoid(beta z) - eps * log sigmoid(-beta z)   (DPO, Rafailov et al. 2023;
+                 eps > 0 is cDPO: labels assumed flipped with probability eps)
+      "ipo":     (z - 1 / (2 beta))^2   (Azar et al. 2023; TRL's IPO averages log-probs over tokens by default,
+                 this takes whatever log-probs it is given - sums from `rlhf dpo`)
+      "hinge":   relu(1 - beta z)   (SLiC, Zhao et al. 2023)
+      "robust":  (-(1 - eps) log sigmoid(beta z) + eps log sigmoid(-beta z)) / (1 - 2 eps)   (Chowdhury et al.
+                 2024: unbiased under label flips with probability eps)
+    The reference is a constant: its log-probs are detached.
+
+    Args:
+        policy_chosen_logps, policy_rejected_logps: (N,) summed log-probs under the policy (carry gradient).
+        ref_chosen_logps, ref_rejected_logps: (N,) the same under the frozen reference.
+        beta: strength of the implicit KL leash.
+        loss_type: one of DPO_LOSS_TYPES.
+        label_smoothing: eps in [0, 0.5).
+
+    Returns:
+        (losses, chosen_rewards, rejected_rewards), each (N,): rewards beta (pi - ref), detached (metrics).
+
+    Raises:
+        ValueError: unknown loss_type; label_smoothing outside [0, 0.5) for "robust".
+    """
+    ref_c, ref_r = ref_chosen_logps.detach(), ref_rejected_logps.detach()
+    z = (policy_chosen_logps - policy_rejected_logps) - (ref_c - ref_r)
+    eps = label_smoothing
+    if loss_type == "sigmoid":
+        losses = -(1 - eps) * F.logsigmoid(beta * z) - eps * F.logsigmoid(-beta * z)
+    elif loss_type == "ipo":
+        losses = (z - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * z)
+    elif loss_type == "robust":
+        if not 0 <= eps < 0.5:
+            raise ValueError(f"robust DPO needs label_smoothing in [0, 0.5), got {eps}")
+        losses = (-(1 - eps) * F.logsigmoid(beta * z) + eps * F.logsigmoid(-beta * z)) / (1 - 2 * eps)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(DPO_LOSS_TYPES)}")
+    chosen_rewards = (beta * (policy_chosen_logps - ref_c)).detach()
+    rejected_rewards = (beta * (policy_rejected_logps - ref_r)).detach()
+    return losses, chosen_rewards, rejected_rewards
+
+
+def simpo_loss(
+    chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, beta: float = 2.0, gamma: float = 0.5
+) -> torch.Tensor:
+    """SimPO (Meng et al. 2024), per pair: -log sigmoid(beta (c - r) - gamma), no reference model.
+
+    c and r are length-normalised (per-token mean) log-probs. `gamma` is the target margin itself (TRL's CPO
+    trainer writes it as gamma_beta_ratio * beta).
+
+    Args:
+        chosen_avg_logps, rejected_avg_logps: (N,).
+
+    Returns:
+        (N,) losses.
+    """
+    return -F.logsigmoid(beta * (chosen_avg_logps - rejected_avg_logps) - gamma)
