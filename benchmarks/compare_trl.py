@@ -71,13 +71,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_PEER_DIR = ROOT.parent / "shared" / "peers" / "trl"
-BENCHES = ("sft", "generate", "reward", "ppo", "grpo")  # the peer's run_all.sh order
+BENCHES = ("sft", "generate", "reward", "ppo", "grpo", "dpo")  # the peer's run_all.sh order
 PEER_SCRIPT = {
     "sft": "bench_torch_baseline.py",
     "generate": "bench_generate.py",
     "reward": "bench_reward.py",
     "ppo": "bench_ppo.py",
     "grpo": "bench_grpo.py",
+    "dpo": "bench_dpo.py",
 }
 NEW_TOKENS = 32
 TRL_PHASES = [  # bench_ppo.py's phase_seconds keys, in its order
@@ -100,8 +101,9 @@ RATIO_NAMES = (
     "generate_b64",
     "sft_vs_bare",
     "grpo",
+    "dpo",
 )  # the last line's, in order
-TARGETS = {"grpo": 3.0}  # ratios an issue set a target for (ours / TRL's at least this)
+TARGETS = {"grpo": 3.0, "dpo": 2.5}  # ratios an issue set a target for (ours / TRL's at least this)
 GRPO_G, GRPO_PROMPTS_PER_STEP = 4, 16  # bench_grpo.py's G and PROMPTS_PER_STEP
 GEN_CASES = [(1, True, 3, 20), (16, True, 3, 15), (64, True, 2, 10), (16, False, 2, 7)]  # bench_generate.py
 
@@ -391,6 +393,79 @@ def child_reward(a, common) -> dict:
             "collated_tokens_nonpad": runs[0]["tokens_nonpad"],
             "nonpad_tokens_per_s": runs[0]["tokens_nonpad"] / med,
             "padding_fraction": 1 - runs[0]["tokens_nonpad"] / runs[0]["tokens_padded"],
+            "threads": torch.get_num_threads(),
+        }
+    }
+
+
+def child_dpo(a, common) -> dict:
+    """Ours on bench_dpo.py's work: `train_dpo` from the workload GPT (random init, written as an SFT checkpoint)
+    on the 512 pairs, 1 epoch, batch 16 pairs (32 steps), max_length 256, sigmoid loss, beta 0.1, and - as TRL there
+    (precompute_ref_log_probs=False) - the reference's forward every step (--no-precompute-ref). HF's AdamW
+    defaults (weight decay 0, betas 0.9/0.999, grad-norm clip 1), no warm-up; TRL decays the lr linearly, ours by a
+    cosine (the same work). Time = the stage's training loop (`loop_seconds`, the span of TRL's
+    `trainer.train()`); pairs/s = 512 / median over repeats. Ours reads each pair as one packed row."""
+    import torch
+
+    from rlhf.config import DPOConfig, OptimConfig
+    from rlhf.stages.dpo import train_dpo
+
+    pairs = common.make_pairs(common.N_PAIRS, seed=0)
+    if a.smoke:
+        pairs = pairs[:64]
+    tmp = Path(tempfile.mkdtemp(prefix="rlhf_dpo_bench_"))
+    data = tmp / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    sft_dir, _ = write_random_checkpoints(tmp)
+
+    def run(out: Path, max_steps: int = 0) -> dict:
+        return train_dpo(
+            DPOConfig(
+                out=out,
+                sft=sft_dir,
+                data=data,
+                threads=a.threads,
+                progress=False,
+                seed=0,
+                loss_type="sigmoid",
+                beta=0.1,
+                precompute_ref=False,
+                optim=OptimConfig(
+                    lr=1e-4,
+                    weight_decay=0.0,
+                    betas=(0.9, 0.999),
+                    warmup_steps=0,
+                    min_lr_ratio=0.0,
+                    grad_clip=1.0,
+                ),
+                batch_size=16,
+                epochs=1.0,
+                max_steps=max_steps,
+                max_length=256,
+                eval_fraction=0.0,
+                gold_samples=0,
+                log_every=8,
+                save_every=0,
+            )
+        )
+
+    try:
+        if not a.smoke:
+            run(tmp / "warmup", max_steps=4)
+        runs = [run(tmp / f"run{i}") for i in range(1 if a.smoke else a.repeats)]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    secs = [r["loop_seconds"] for r in runs]
+    med = statistics.median(secs)
+    n = runs[0]["n_train"]
+    print(f"ours DPO: loop seconds {secs} -> {n / med:.1f} pairs/s", flush=True)
+    return {
+        "dpo_ours": {
+            "pairs": n,
+            "optimizer_steps": runs[0]["steps"],
+            "train_seconds_median": med,
+            "train_seconds_repeats": secs,
+            "pairs_per_s": n / med,
             "threads": torch.get_num_threads(),
         }
     }
@@ -688,6 +763,7 @@ CHILDREN = {
     "reward": child_reward,
     "ppo": child_ppo,
     "grpo": child_grpo,
+    "dpo": child_dpo,
 }
 
 
@@ -896,6 +972,10 @@ def figures(benches, ours: dict, trl: dict) -> tuple[list, dict]:
             (f"GRPO, {fmt(n, ',.0f')} completions (16 prompts x 4 per step, <=32 tokens)", o, t, "compl./s")
         )
         r["grpo"] = ratio(o, t)
+    if "dpo" in benches:
+        o, t = dig(ours, "dpo_ours", "pairs_per_s"), dig(trl, "dpo_trainer_fp32", "pairs_per_s")
+        rows.append(("DPO, 1 epoch over 512 pairs, batch 16 (reference every step)", o, t, "pairs/s"))
+        r["dpo"] = ratio(o, t)
     return rows, r
 
 

@@ -73,16 +73,24 @@ def pair_logps(
         s, n = path_logps(model(rows, mask), rows, mask.sum(1), torch.cat([chosen_len, rejected_len]))
         B = len(pairs)
         return s[:B], s[B:], n[:B], n[B:]
-    logits = model(ids, None, segments=segments)  # (B, T, V): each token sees the prompt and its own branch
-    out = []
+    # Packed: the LM head reads only the positions that predict a response token, along each branch's path (the
+    # prompt, then that branch): a (B, Kc + Kr, V) slice instead of the (B, T, V) logits of every position.
+    T = ids.size(1)
+    positions, targets, masks = [], [], []
     for branch, prompt_len in ((1, chosen_len), (2, rejected_len)):
         keep = (segments == 0) | (segments == branch)
         order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices  # the branch's path, in order
-        path_ids = ids.gather(1, order)
-        path_logits = logits.gather(1, order.unsqueeze(-1).expand(-1, -1, logits.size(-1)))
-        out.append(path_logps(path_logits, path_ids, keep.sum(1), prompt_len))
-    (cs, cn), (rs, rn) = out
-    return cs, rs, cn, rn
+        n_response = keep.sum(1) - prompt_len  # (B,) response tokens, EOS included
+        k = torch.arange(int(n_response.max()), device=dev).unsqueeze(0)
+        at = (prompt_len.unsqueeze(1) - 1 + k).clamp(0, T - 2)  # path index predicting response token k
+        positions.append(order.gather(1, at))
+        targets.append(ids.gather(1, order.gather(1, at + 1)))
+        masks.append(k < n_response.unsqueeze(1))
+    logits = model(ids, None, positions=torch.cat(positions, 1), segments=segments)
+    logps = logprobs_from_logits(logits, torch.cat(targets, 1))
+    logps = torch.where(torch.cat(masks, 1), logps, torch.zeros_like(logps))
+    kc = positions[0].size(1)
+    return logps[:, :kc].sum(1), logps[:, kc:].sum(1), masks[0].sum(1), masks[1].sum(1)
 
 
 def pair_losses(
