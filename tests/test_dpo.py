@@ -181,3 +181,16 @@ def test_dpo_on_hh_pairs_with_a_tiny_hugging_face_causal_lm(tmp_path):
     rows = read_metrics(out / "metrics.jsonl")
     assert len(rows) == 1 and all(math.isfinite(rows[0][m]) for m in METRICS)  # step 3 (the last) is logged
     assert json.loads((out / "config.json").read_text())["backbone"]["type"] == "hf_causal"
+
+
+def test_compare_report_and_export_take_a_dpo_run(dpo_run, tiny_sft, tiny_reward, tmp_path):
+    out, _ = dpo_run
+    cmp = cli.run(["compare", "--sft", str(tiny_sft), "--policy", str(out), "--reward", str(tiny_reward),
+                   "--n-prompts", "8", "--response-length", "8", "--bootstrap", "100", "--no-progress",
+                   "--threads", "1", "--out", str(tmp_path / "cmp")])  # fmt: skip
+    assert cmp["policy_stage"] == "dpo" and math.isfinite(cmp["gold_diff"]) and cmp["kl_ppo"] > 0
+    # A DPO run directory gets its own plots (loss, margins, accuracy, gold), not an empty page.
+    page = cli.run(["report", str(out)])["report"]
+    assert Path(page).read_text().count("<img alt=") == 4
+    exported = cli.run(["export", "--checkpoint", str(out), "--out", str(tmp_path / "hf")])
+    assert (tmp_path / "hf" / "config.json").exists() and exported

@@ -1,8 +1,9 @@
-"""`rlhf compare`: the SFT policy and the PPO policy side by side on held-out prompts.
+"""`rlhf compare`: the SFT policy and a trained policy (PPO, GRPO, RLOO, REINFORCE++, DPO) side by side.
 
 Proxy reward (the learned reward model), gold score (the task's judge - the truth), the gold difference with a
-95% bootstrap confidence interval over prompts, gold win rate, KL of the PPO policy to the reference, lengths,
-and a table of samples. Reads checkpoints only; trains nothing.
+95% bootstrap confidence interval over prompts, gold win rate, KL of the trained policy to the reference,
+lengths, and a table of samples. Reads checkpoints only; trains nothing. The summary's keys say `ppo` for the
+trained policy whatever trained it (experiments and reports read them); `policy_stage` names the stage.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     if not is_main():
         return share(None)
     sft, tok, _ = load_policy(cfg.sft)
-    ppo, _, _ = load_policy(cfg.policy)
+    ppo, _, ppo_cfg = load_policy(cfg.policy)
     reward_model, rm_tok, rm_cfg = load_scalar(cfg.reward)
     rm_inputs = RewardInputs(tok, rm_tok, rm_cfg)
     for m in (sft, ppo, reward_model):
@@ -118,6 +119,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         return sum(r[key] for r in rows) / len(rows)
 
     summary = {
+        "policy_stage": ppo_cfg.get("stage", "policy"),
         "n_prompts": len(prompts),
         "samples_per_prompt": cfg.samples_per_prompt,
         "temperature": cfg.temperature,
@@ -167,19 +169,20 @@ def run_compare(cfg: CompareConfig) -> dict:
 
 
 def format_table(s: dict) -> str:
-    lines = [f"{'':<18}{'SFT':>10}{'PPO':>10}"]
-    for name, a, b, fmt in [
+    name = s.get("policy_stage", "ppo").upper()
+    lines = [f"{'':<18}{'SFT':>10}{name:>10}"]
+    for row, a, b, fmt in [
         ("gold score", s.get("gold_sft"), s.get("gold_ppo"), "+.3f"),
         ("proxy reward", s["proxy_sft"], s["proxy_ppo"], "+.3f"),
         ("mean length", s["length_sft"], s["length_ppo"], ".1f"),
         ("EOS rate", s["eos_rate_sft"], s["eos_rate_ppo"], ".2f"),
     ]:
         if a is not None:
-            lines.append(f"{name:<18}{format(a, fmt):>10}{format(b, fmt):>10}")
+            lines.append(f"{row:<18}{format(a, fmt):>10}{format(b, fmt):>10}")
     if "gold_diff_ci95" in s:
         lo, hi = s["gold_diff_ci95"]
         lines.append(
-            f"gold PPO-SFT      {s['gold_diff']:+.3f}  95% CI [{lo:+.3f}, {hi:+.3f}]  win rate {s['gold_win_rate']:.2f}"
+            f"{'gold ' + name + '-SFT':<18}{s['gold_diff']:+.3f}  95% CI [{lo:+.3f}, {hi:+.3f}]  win rate {s['gold_win_rate']:.2f}"
         )
-    lines.append(f"KL(PPO || SFT)    {s['kl_ppo']:.3f} nats per response")
+    lines.append(f"{'KL(' + name + ' || SFT)':<18}{s['kl_ppo']:.3f} nats per response")
     return "\n".join(lines)

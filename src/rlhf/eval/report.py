@@ -21,16 +21,39 @@ from rlhf.config import ReportConfig
 from rlhf.errors import UserError
 from rlhf.metrics import read_metrics
 
-STAGES = ("sft", "reward", "ppo")
-PLOTS = {  # stage -> [(title, [metric names])]
+STAGES = ("sft", "reward", "ppo", "grpo", "rloo", "reinforce++", "dpo")  # a run's sub-directories, in this order
+ON_POLICY = [
+    ("Gold score vs learned reward", ["gold/score", "objective/scores"]),
+    ("KL to the reference", ["objective/kl"]),
+    ("Response length", ["completions/mean_length"]),
+]
+PLOTS = {  # stage (config.json's "stage") -> [(title, [metric names])]
     "sft": [("SFT loss", ["loss", "eval/loss"])],
     "reward": [("Reward model accuracy", ["accuracy", "eval/accuracy"])],
-    "ppo": [
-        ("Gold score vs learned reward", ["gold/score", "objective/scores"]),
-        ("KL to the reference", ["objective/kl"]),
-        ("Response length", ["completions/mean_length"]),
+    "ppo": ON_POLICY,
+    "grpo": ON_POLICY,
+    "rloo": ON_POLICY,
+    "reinforce++": ON_POLICY,
+    "dpo": [
+        ("DPO loss", ["loss", "eval/loss"]),
+        ("Implicit reward margin", ["rewards/margins", "eval/rewards/margins"]),
+        ("Preference accuracy", ["rewards/accuracies", "eval/rewards/accuracies"]),
+        ("Gold score of samples", ["gold/score"]),
     ],
 }
+
+
+def _stage_dirs(run_dir: Path) -> list[tuple[str, Path]]:
+    """(stage, directory) pairs to draw: the run directory itself when a stage wrote it (`rlhf dpo --out D`),
+    else its stage sub-directories (`rlhf demo`'s sft/, reward/, ppo/). A stage is named by its config.json."""
+
+    def stage_of(d: Path, default: str) -> str:
+        cfg = d / "config.json"
+        return json.loads(cfg.read_text()).get("stage", default) if cfg.exists() else default
+
+    if (run_dir / "metrics.jsonl").exists():
+        return [(stage_of(run_dir, "ppo"), run_dir)]
+    return [(stage_of(run_dir / s, s), run_dir / s) for s in STAGES if (run_dir / s / "metrics.jsonl").exists()]
 
 
 def _plot(rows: list[dict], title: str, names: list[str], path: Path) -> bytes | None:
@@ -89,13 +112,10 @@ def build_report(run_dir: Path) -> Path:
         flat = [{"figure": k, "value": v} for k, v in summary.items() if k not in ("samples", "reliability")]
         parts += ["<h2>Key figures</h2>", _table(flat, ["figure", "value"])]
     n_figures = 0
-    for stage in STAGES:
-        d = run_dir / stage
-        if not (d / "metrics.jsonl").exists():
-            continue
+    for stage, d in _stage_dirs(run_dir):
         rows = read_metrics(d / "metrics.jsonl")
-        parts.append(f"<h2>{stage}</h2>")
-        for title, names in PLOTS[stage]:
+        parts.append(f"<h2>{html.escape(stage)}</h2>")
+        for title, names in PLOTS.get(stage, []):
             png = _plot(rows, title, names, run_dir / "plots" / f"{stage}_{title.split()[0].lower()}.png")
             if png is not None:
                 b64 = base64.b64encode(png).decode()
@@ -104,7 +124,7 @@ def build_report(run_dir: Path) -> Path:
                 )
                 n_figures += 1
         stage_summary = d / "summary.json"
-        if stage_summary.exists():
+        if stage_summary.exists() and d != run_dir:  # a lone stage's summary is the key figures above
             s = json.loads(stage_summary.read_text())
             flat = [{"figure": k, "value": v} for k, v in s.items() if k not in ("samples", "reliability")]
             parts.append(_table(flat, ["figure", "value"]))
