@@ -21,7 +21,15 @@ from rlhf.config import ReportConfig
 from rlhf.errors import UserError
 from rlhf.metrics import read_metrics
 
-STAGES = ("sft", "reward", "ppo", "grpo", "rloo", "reinforce++", "dpo")  # a run's sub-directories, in this order
+STAGES = (
+    "sft",
+    "reward",
+    "ppo",
+    "grpo",
+    "rloo",
+    "reinforce++",
+    "dpo",
+)  # a run's sub-directories, in this order
 ON_POLICY = [
     ("Gold score vs learned reward", ["gold/score", "objective/scores"]),
     ("KL to the reference", ["objective/kl"]),
@@ -53,7 +61,9 @@ def _stage_dirs(run_dir: Path) -> list[tuple[str, Path]]:
 
     if (run_dir / "metrics.jsonl").exists():
         return [(stage_of(run_dir, "ppo"), run_dir)]
-    return [(stage_of(run_dir / s, s), run_dir / s) for s in STAGES if (run_dir / s / "metrics.jsonl").exists()]
+    return [
+        (stage_of(run_dir / s, s), run_dir / s) for s in STAGES if (run_dir / s / "metrics.jsonl").exists()
+    ]
 
 
 def _plot(rows: list[dict], title: str, names: list[str], path: Path) -> bytes | None:
