@@ -16,9 +16,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tomllib
+import tyro
 import yaml
 
 from rlhf.data.loader import ColumnKeys
@@ -78,11 +79,24 @@ class DataKeys:
     """Column holding the dispreferred response (pair files)."""
     margin_key: str = "margin"
     """Optional column with a per-pair margin for the reward loss."""
+    messages_key: str = "messages"
+    """Column holding a whole conversation (a list of role/content messages) for SFT."""
+    completion_key: str = "completion"
+    """Column holding the completion (prompt-completion files; text or assistant messages)."""
+    split: Annotated[str, tyro.conf.arg(prefix_name=False)] = ""
+    """For a directory of shards or a saved DatasetDict: the split to read, e.g. 'train' or 'test' (a shard is
+    picked when its path names it); empty = 'train' where there is one, else everything."""
 
     def column_keys(self) -> ColumnKeys:
         """The loader's view of these names."""
         return ColumnKeys(
-            self.prompt_key, self.chosen_key, self.rejected_key, self.response_key, self.margin_key
+            self.prompt_key,
+            self.chosen_key,
+            self.rejected_key,
+            self.response_key,
+            self.margin_key,
+            self.messages_key,
+            self.completion_key,
         )
 
 
@@ -131,8 +145,12 @@ class SFTConfig(TrainConfig):
 
     out: Path = Path("runs/sft")
     """Directory for the checkpoint, metrics.jsonl and summary.json."""
-    data: Path | None = None
-    """SFT file (prompt/response) or pairs file (trains on chosen); none = the built-in task."""
+    data: list[Path] = field(default_factory=list)
+    """SFT data: prompt/response (or completion) text, 'messages' conversations, or pairs (trains on chosen) - in
+    JSONL/JSON/CSV, Parquet, a directory of shards or a save_to_disk directory; several files mix (see
+    --data-weights); none = the built-in task."""
+    data_weights: list[float] = field(default_factory=list)
+    """Sampling weight of each --data file (e.g. 0.7 0.3); none = every example of every file once."""
     keys: DataKeys = field(default_factory=DataKeys)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: str = "gpt"
@@ -192,7 +210,8 @@ class DataValidateConfig(RunConfig):
     """Read a data file the way the stages will and report what is in it."""
 
     file: Path = Path("data.jsonl")
-    """The file to check (.jsonl/.json/.csv, optionally gzip-compressed)."""
+    """The file to check: .jsonl/.json/.csv (optionally gzip-compressed), .parquet, a directory of shards or a
+    save_to_disk directory."""
     out: Path = Path("runs/validate")
     """Directory for summary.json with the report."""
     keys: DataKeys = field(default_factory=DataKeys)
@@ -208,8 +227,11 @@ class RewardConfig(TrainConfig):
 
     out: Path = Path("runs/reward")
     """Directory for the checkpoint, metrics.jsonl and summary.json."""
-    data: Path | None = None
-    """Preference pairs file (explicit prompt, or HH-RLHF style transcripts); none = the built-in task."""
+    data: list[Path] = field(default_factory=list)
+    """Preference pairs (explicit prompt, or whole HH-style transcripts / conversations; text or messages) in any
+    container the loader reads; several files mix (see --data-weights); none = the built-in task."""
+    data_weights: list[float] = field(default_factory=list)
+    """Sampling weight of each --data file (e.g. 0.7 0.3); none = every example of every file once."""
     keys: DataKeys = field(default_factory=DataKeys)
     task: TaskConfig = field(default_factory=lambda: TaskConfig(n_train=36_000))
     """The built-in task's pairs. 36,000 by default: from the demo's SFT checkpoint, 3 epochs over 36k pairs agreed
@@ -326,8 +348,11 @@ class DPOConfig(TrainConfig):
     """Directory for the policy checkpoint, metrics.jsonl and summary.json."""
     sft: Path = Path("runs/sft")
     """SFT checkpoint: the policy's starting point and the frozen reference."""
-    data: Path | None = None
-    """Preference pairs file (any pair schema the loader reads); none = the built-in task's pairs."""
+    data: list[Path] = field(default_factory=list)
+    """Preference pairs in any pair schema and container the loader reads; several files mix (see
+    --data-weights); none = the built-in task's pairs."""
+    data_weights: list[float] = field(default_factory=list)
+    """Sampling weight of each --data file (e.g. 0.7 0.3); none = every example of every file once."""
     keys: DataKeys = field(default_factory=DataKeys)
     task: TaskConfig = field(default_factory=TaskConfig)
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "simpo"] = "sigmoid"

@@ -7,7 +7,8 @@ A reward function is plain Python, called once per batch of rollouts as
 where `columns` holds the prompt file's other columns (e.g. `answer`), one value per prompt, aligned with
 `prompts` - the convention of TRL's GRPOTrainer reward functions, so verifiable rewards (compare the
 completion with a reference answer) need no reward model. A function that ignores columns should take
-`**kwargs`.
+`**kwargs`. With conversational prompts (lists of `{"role", "content"}` messages) each prompt is its messages and
+each completion is `[{"role": "assistant", "content": text}]`, as TRL passes them.
 
 Everything that can go wrong here is the user's to fix (a bad path, an exception in their code, a score
 that is not a finite number), so every error is a one-line `UserError` that names the function and, where
@@ -74,6 +75,8 @@ class RewardFunction:
                 f"the prompt file has a column named {clash[0]!r}, which clashes with the argument of that "
                 f"name of reward function {self.name}; rename the column"
             )
+        if n and isinstance(prompts[0], list):  # conversational prompts get conversational completions (TRL)
+            completions = [[{"role": "assistant", "content": c}] for c in completions]
         try:
             result = self.fn(list(prompts), list(completions), **columns)
         except Exception as e:  # anything the user's code raises is reported as their error, in one line
@@ -204,8 +207,11 @@ def _exception(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
-def _short(text: str) -> str:
-    """A one-line repr of `text`, cut to about `_PROMPT_CHARS` characters."""
+def _short(text) -> str:
+    """A one-line repr of `text` (or of a conversation's last message), cut to about `_PROMPT_CHARS` characters."""
+    if isinstance(text, list) and text and isinstance(text[-1], dict):
+        text = str(text[-1].get("content", ""))
+    text = str(text)
     if len(text) > _PROMPT_CHARS:
         return repr(text[:_PROMPT_CHARS] + "...")
     return repr(text)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from rlhf.data.containers import read_rows
 from rlhf.data.loader import (
     ColumnKeys,
     Pair,
@@ -15,7 +16,6 @@ from rlhf.data.loader import (
     load_pairs,
     load_prompts,
     load_sft,
-    read_rows,
     split_implicit_prompt,
 )
 from rlhf.errors import DataError
@@ -179,7 +179,7 @@ def pairs_jsonl(tmp_path: Path, *rows: dict) -> Path:
         ({"prompt": "p", "chosen": "c", "rejected": "r", "margin": float("nan")}, ["'margin'", "finite"]),
         ({"prompt": "p", "chosen": "  ", "rejected": "r"}, ["'chosen'", "empty"]),
         ({"prompt": "p", "chosen": "c", "rejected": ""}, ["'rejected'", "empty"]),
-        ({"prompt": "p", "chosen": "c"}, ["missing field 'rejected'", "--rejected-key"]),
+        ({"prompt": "p", "chosen": "c"}, ["missing field 'rejected'", "--keys.rejected-key"]),
     ],
 )
 def test_bad_field_reports_its_line(tmp_path: Path, row: dict, words: list[str]) -> None:
@@ -197,12 +197,12 @@ def test_csv_margin_not_a_number(tmp_path: Path) -> None:
 def test_csv_missing_column_names_found_columns_and_flag(tmp_path: Path) -> None:
     e = error(load_pairs, write(tmp_path, "x.csv", "prompt,chosen,rejcted\np,c,r\n"))
     msg = str(e)
-    assert "'rejected'" in msg and "rejcted" in msg and "--rejected-key" in msg
+    assert "'rejected'" in msg and "rejcted" in msg and "--keys.rejected-key" in msg
 
 
 def test_unknown_schema_lists_expected_fields_and_flags(tmp_path: Path) -> None:
     e = error(load_sft, write(tmp_path, "x.jsonl", '{"question": "q", "answer": "a"}\n'))
-    assert e.line == 1 and "question" in str(e) and "--prompt-key" in str(e)
+    assert e.line == 1 and "question" in str(e) and "--keys.prompt-key" in str(e)
 
 
 def test_custom_column_keys(tmp_path: Path) -> None:
@@ -244,7 +244,7 @@ def test_implicit_split_when_texts_diverge_before_the_last_turn() -> None:
 def test_implicit_without_shared_assistant_turn(tmp_path: Path) -> None:
     rows = [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}, {"chosen": "Human: a", "rejected": "Human: b"}]
     e = error(load_pairs, write(tmp_path, "hh.jsonl", "\n".join(map(json.dumps, rows))))
-    assert e.line == 2 and "Assistant" in str(e) and "--prompt-key" in str(e)
+    assert e.line == 2 and "Assistant" in str(e) and "--keys.prompt-key" in str(e)
 
 
 def test_implicit_both_responses_empty(tmp_path: Path) -> None:
@@ -257,7 +257,7 @@ def test_stage_needs_what_the_file_lacks(tmp_path: Path) -> None:
     sft = write(tmp_path, "sft.jsonl", '{"prompt": "p", "response": "r"}\n')
     prompts = write(tmp_path, "prompts.jsonl", '{"prompt": "p"}\n')
     assert "preference pairs are needed" in str(error(load_pairs, sft))
-    assert "--response-key" in str(error(load_sft, prompts))
+    assert "--keys.response-key" in str(error(load_sft, prompts))
     assert load_prompts(sft) == ["p"] and load_sft(sft)[0].response == "r"
 
 

@@ -44,7 +44,7 @@ def test_sft_and_prompts_reports(tmp_path: Path) -> None:
     assert sft["schema"] == "sft" and sft["tokens"]["sequence"]["max"] == 7 and sft["n_truncated"] == 0
     prompts = validate_file(write_jsonl(tmp_path / "q.jsonl", [{"prompt": "abc"}]), TOK, max_length=3)
     assert prompts["schema"] == "prompts" and prompts["n_truncated"] == 1
-    assert "prompts only" in format_report(prompts)
+    assert "prompt-only" in format_report(prompts)
 
 
 def test_validate_raises_the_loaders_errors(tmp_path: Path) -> None:

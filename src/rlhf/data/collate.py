@@ -1,9 +1,11 @@
 """Tokenise examples and collate them into padded tensors (used by SFT, the reward model and PPO).
 
-Sequence layout: `[bos] + prompt + response + [eos]` (bos only when the tokenizer uses one). The prompt goes
-through `tok.format_prompt` first (a Hugging Face chat template, when the tokenizer has one).
-Too-long sequences lose their OLDEST prompt tokens first: the response, and the final EOS whose hidden state
-the reward model reads, are what training needs, while the start of a long dialogue matters least.
+Sequence layout: `[bos] + prompt + response + [eos]` (bos only when the tokenizer uses one). A text prompt goes
+through `tok.format_prompt` first (a Hugging Face chat template, when the tokenizer has one). A conversation (a
+list of messages, `rlhf.data.chat`) is rendered by the chat template once: the prompt turns with the generation
+prompt, then the response turns, of which only the assistant turns are trained.
+Too-long sequences lose their OLDEST tokens first: the last answer, and the final EOS whose hidden state the
+reward model reads, are what training needs, while the start of a long dialogue matters least.
 """
 
 from __future__ import annotations
@@ -13,17 +15,22 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf.data.chat import render, render_conversation
 from rlhf.data.tokenizer import Tokenizer
 from rlhf.errors import UserError
 
 
 @dataclass
 class Encoded:
-    """Token ids of one example; `ids[:prompt_len]` is bos + prompt, the rest the response (+ eos)."""
+    """Token ids of one example; `ids[:prompt_len]` is bos + prompt, the rest the response (+ eos).
+
+    `untrained` lists `[start, end)` id ranges inside the response that carry no loss: the user turns between
+    the assistant turns of a multi-turn conversation (empty for text)."""
 
     ids: list[int]
     prompt_len: int
     truncated: bool
+    untrained: tuple[tuple[int, int], ...] = ()
 
 
 def _room(max_length: int, reserved: int) -> int:
@@ -37,30 +44,73 @@ def _room(max_length: int, reserved: int) -> int:
     return room
 
 
+def _as_messages(prompt, response) -> tuple[list, list] | None:
+    """(prompt, response) as conversations when either is one (a text response to a conversational prompt is the
+    assistant's answer), else None."""
+    if not isinstance(prompt, list) and not isinstance(response, list):
+        return None
+    if not isinstance(response, list):
+        response = [{"role": "assistant", "content": response}]
+    if not isinstance(prompt, list):
+        prompt = [{"role": "user", "content": prompt}] if prompt else []
+    return prompt, response
+
+
 def encode_prompt_response(
-    tok: Tokenizer, prompt: str, response: str, max_length: int, add_eos: bool = True
+    tok: Tokenizer, prompt, response, max_length: int, add_eos: bool = True
 ) -> Encoded:
     """Encode `[bos] + prompt + response + [eos]` into at most `max_length` ids.
 
-    Too long: drop the oldest prompt tokens (bos stays). If the response alone still does not fit, keep its
-    start, cut its end, and keep the final eos. `truncated` is True whenever any token was cut.
+    `prompt` and `response` are text, or conversations (lists of messages). A response whose rendering already
+    ends with the EOS id (a chat template's end-of-turn token) gets no second one.
+    Too long: drop the oldest tokens (bos stays) down to the start of the last answer. If that answer alone still
+    does not fit, keep its start, cut its end, and keep the final eos. `truncated` is True whenever a token was cut.
     """
     bos = [tok.bos_id] if tok.add_bos else []
+    untrained: list[tuple[int, int]] = []  # relative to the response's first id
+    last_answer = 0  # where the last answer starts, relative to the response
+    chat = _as_messages(prompt, response)
+    if chat is None:
+        prompt_ids, response_ids = tok.encode(tok.format_prompt(prompt)), tok.encode(response)
+    else:
+        prompt_text, segments = render_conversation(tok, *chat)
+        prompt_ids, response_ids = tok.encode(prompt_text), []
+        for text, trained in segments:
+            ids = tok.encode(text)
+            if trained:
+                last_answer = len(response_ids)
+            else:
+                untrained.append((len(response_ids), len(response_ids) + len(ids)))
+            response_ids += ids
+        if response_ids and response_ids[-1] == tok.eos_id:
+            add_eos = False
     eos = [tok.eos_id] if add_eos else []
-    prompt_ids, response_ids = tok.encode(tok.format_prompt(prompt)), tok.encode(response)
     room = _room(max_length, len(bos) + len(eos))
-    truncated = len(prompt_ids) + len(response_ids) > room
-    if len(response_ids) > room:
-        prompt_ids, response_ids = [], response_ids[:room]
-    elif truncated:
-        prompt_ids = prompt_ids[len(prompt_ids) - (room - len(response_ids)) :]
-    return Encoded(bos + prompt_ids + response_ids + eos, len(bos) + len(prompt_ids), truncated)
+    body = prompt_ids + response_ids
+    keep_from = len(prompt_ids) + last_answer  # the oldest token that must survive if anything can
+    truncated = len(body) > room
+    if len(body) - keep_from > room:
+        drop, body = keep_from, body[keep_from : keep_from + room]
+    else:
+        drop = max(0, len(body) - room)
+        body = body[drop:]
+    prompt_len = len(bos) + max(len(prompt_ids) - drop, 0)
+    shift = len(bos) + len(prompt_ids) - drop  # response index -> id index
+    spans = [(max(a + shift, prompt_len), min(b + shift, len(bos) + len(body))) for a, b in untrained]
+    return Encoded(bos + body + eos, prompt_len, truncated, tuple((a, b) for a, b in spans if a < b))
 
 
-def encode_prompt(tok: Tokenizer, prompt: str, max_prompt_length: int) -> tuple[list[int], bool]:
-    """`[bos] + prompt` in at most `max_prompt_length` ids (oldest tokens dropped), and whether it was cut."""
+def encode_prompt(tok: Tokenizer, prompt, max_prompt_length: int) -> tuple[list[int], bool]:
+    """`[bos] + prompt` in at most `max_prompt_length` ids (oldest tokens dropped), and whether it was cut.
+
+    A conversation is rendered with the generation prompt, ready for the assistant's answer."""
     bos = [tok.bos_id] if tok.add_bos else []
-    ids = tok.encode(tok.format_prompt(prompt))
+    text = (
+        render(tok, prompt, add_generation_prompt=True)
+        if isinstance(prompt, list)
+        else tok.format_prompt(prompt)
+    )
+    ids = tok.encode(text)
     room = _room(max_prompt_length, len(bos))
     return bos + ids[max(0, len(ids) - room) :], len(ids) > room
 
@@ -158,6 +208,8 @@ def sft_batch(encoded: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor
         # Position t predicts token t + 1, so targets prompt_len .. len-1 sit at positions prompt_len-1 .. len-2.
         # With no bos and an empty prompt the first response token has no predicting position.
         loss_mask[row, max(e.prompt_len - 1, 0) : len(e.ids) - 1] = True
+        for start, end in e.untrained:  # user turns between assistant turns: their targets carry no loss
+            loss_mask[row, start - 1 : end - 1] = False
     return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
 
 

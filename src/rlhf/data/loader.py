@@ -1,51 +1,75 @@
-"""Read training data files: one loader for every stage and for `rlhf data validate`.
+"""Read training data: one loader for every stage and for `rlhf data validate`.
 
-Containers: JSONL (`.jsonl`, `.ndjson`), JSON (a list of objects) and CSV, each optionally gzip-compressed.
-Compression is detected from the bytes (magic `1f 8b`), the container from the name with `.gz` stripped.
+Where rows come from (JSONL/JSON/CSV, Parquet, directories of shards, `save_to_disk` directories) is
+`rlhf.data.containers`; this module decides what the rows mean.
 
-Schemas (see `detect_schema`):
-  pairs           prompt, chosen, rejected (+ optional margin)
-  pairs_implicit  chosen, rejected as whole HH-RLHF transcripts; the prompt is their shared start
-  sft             prompt, response
-  prompts         prompt
+Schemas (see `detect_schema`; names follow TRL's dataset formats, text or conversational):
+  pairs                prompt, chosen, rejected text (+ optional margin)          preference, explicit prompt
+  pairs_implicit       chosen, rejected as whole HH-RLHF transcripts              preference, implicit prompt
+  sft                  prompt, response (or completion) text                      prompt-completion
+  prompts              prompt text                                                prompt-only
+  messages             messages: a conversation; every assistant turn is trained  conversational language modeling
+  chat_sft             prompt + completion as messages                            conversational prompt-completion
+  chat_pairs           prompt + chosen, rejected as messages                      conversational preference
+  chat_pairs_implicit  chosen, rejected as whole conversations                    conversational implicit preference
+  chat_prompts         prompt as messages                                         conversational prompt-only
 
-Every mistake in a file raises `DataError(path, line, message)`; the message says what is wrong and how to
-fix it. No row is ever dropped silently: a bad row stops the load with its line number.
+A conversation stays a list of `{"role", "content"}` messages until it is tokenised: the chat template is applied
+exactly once, by `rlhf.data.collate`, never here. Every mistake raises `DataError(path, location, message)`
+that says what is wrong and how to fix it. No row is ever dropped silently: a bad row stops the load.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
-import gzip
-import io
-import json
 import math
 import os
-import re
-import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from rlhf.errors import DataError
+import torch
 
-CONTAINERS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
-SCHEMAS = ("pairs", "pairs_implicit", "sft", "prompts")
+from rlhf.data.chat import (
+    check_messages,
+    ends_with_assistant,
+    is_conversation,
+    split_at_first_answer,
+    split_implicit,
+)
+from rlhf.data.containers import describe, iter_rows, shards
+from rlhf.errors import DataError, UserError
+
+SCHEMAS = (
+    "pairs",
+    "pairs_implicit",
+    "sft",
+    "prompts",
+    "messages",
+    "chat_sft",
+    "chat_pairs",
+    "chat_pairs_implicit",
+    "chat_prompts",
+)
+PAIR_SCHEMAS = ("pairs", "pairs_implicit", "chat_pairs", "chat_pairs_implicit")
 # HH-RLHF transcripts alternate "\n\nHuman: ..." and "\n\nAssistant: ..." turns.
 ASSISTANT_MARKER = "\n\nAssistant:"
-GZIP_MAGIC = b"\x1f\x8b"
+
+Text = str | list  # text, or a conversation (a list of {"role", "content"} messages)
 
 
 @dataclass(frozen=True)
 class ColumnKeys:
-    """Names of the fields (JSON keys / CSV columns) holding each part of an example."""
+    """Names of the fields (JSON keys / CSV or Parquet columns) holding each part of an example."""
 
     prompt: str = "prompt"
     chosen: str = "chosen"
     rejected: str = "rejected"
     response: str = "response"
     margin: str = "margin"
+    messages: str = "messages"
+    completion: str = "completion"
 
 
 # A module constant, not a call in each signature: ColumnKeys is frozen, so sharing one instance is safe.
@@ -54,30 +78,36 @@ DEFAULT_KEYS = ColumnKeys()
 
 @dataclass(frozen=True)
 class Pair:
-    """A preference pair; `margin` is an optional preference strength, `line` the source line."""
+    """A preference pair; `margin` is an optional preference strength, `line` the source location.
 
-    prompt: str
-    chosen: str
-    rejected: str
+    Text, or conversations: `prompt` then a list of messages, `chosen` / `rejected` the answering messages."""
+
+    prompt: Text
+    chosen: Text
+    rejected: Text
     margin: float | None
     line: int
 
 
 @dataclass(frozen=True)
 class SFTExample:
-    """A prompt and the response to imitate; `line` is the source line."""
+    """A prompt and the response to imitate (text, or messages: the response's assistant turns are trained)."""
 
-    prompt: str
-    response: str
+    prompt: Text
+    response: Text
     line: int
 
 
+def is_chat(schema: str) -> bool:
+    return schema == "messages" or schema.startswith("chat_")
+
+
 def _flag(keys: ColumnKeys, key: str) -> str:
-    """The CLI flag that renames the field whose configured name is `key` (e.g. `--chosen-key`)."""
+    """The CLI flag that renames the field whose configured name is `key` (e.g. `--keys.chosen-key`)."""
     for f in fields(keys):
         if getattr(keys, f.name) == key:
-            return f"--{f.name}-key"
-    return "--*-key"
+            return f"--keys.{f.name}-key"
+    return "--keys.*-key"
 
 
 def _rename_hint(keys: ColumnKeys, key: str, found: list[str]) -> str:
@@ -88,220 +118,38 @@ def _rename_hint(keys: ColumnKeys, key: str, found: list[str]) -> str:
     return f"add it, or if it is stored under another name, pass {_flag(keys, key)} NAME"
 
 
-# ---------------------------------------------------------------------------------------------- containers
-
-
-def detect_container(path: str | Path) -> tuple[str, bool]:
-    """(container, compressed) of `path`: container from the name (`.gz` stripped), compression from bytes."""
-    name = Path(path).name.lower()
-    gz_name = name.endswith(".gz")
-    ext = Path(name[:-3] if gz_name else name).suffix
-    if ext not in CONTAINERS:
-        supported = ", ".join(sorted(CONTAINERS)) + " (each optionally + .gz)"
-        raise DataError(
-            path, None, f"unknown file type {ext or '(no extension)'!r}; rename it to one of {supported}"
-        )
-    try:
-        with open(path, "rb") as fh:
-            compressed = fh.read(2) == GZIP_MAGIC
-    except FileNotFoundError:
-        where = "" if Path(path).is_absolute() else f" (relative to {os.getcwd()})"
-        raise DataError(path, None, f"file not found; check the path{where}") from None
-    except IsADirectoryError:
-        raise DataError(path, None, "is a directory; pass the data file inside it") from None
-    except OSError as e:
-        raise DataError(path, None, f"cannot read the file ({e.strerror}); check its permissions") from None
-    if gz_name and not compressed:
-        raise DataError(
-            path, None, "named .gz but is not gzip-compressed; drop the .gz from the name or gzip it"
-        )
-    return CONTAINERS[ext], compressed
-
-
-def _read_text(path: str | Path, compressed: bool) -> str:
-    """The whole file as text: gunzipped when compressed, decoded as strict UTF-8 (a leading BOM is dropped)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise DataError(path, None, f"cannot read the file ({e.strerror}); check its permissions") from None
-    if compressed:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(
-                path,
-                None,
-                f"corrupt or truncated gzip stream ({e}); re-download the file or compress it again",
-            ) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        bad = data[e.start : e.start + 1].hex()
-        raise DataError(
-            path,
-            line,
-            f"not valid UTF-8 (byte 0x{bad}); re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8",
-        ) from None
-    # Spreadsheet exports often start with a UTF-8 byte-order mark; it is not part of the first field name.
-    return text.removeprefix("\ufeff")
-
-
-def _describe(value: Any) -> str:
-    """A JSON-flavoured name of a value's type, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _read_jsonl(path: str | Path, text: str) -> list[tuple[int, dict]]:
-    """Rows of a JSONL text, one object per non-blank line."""
-    rows = []
-    # Split on "\n" only: str.splitlines would also split on U+2028 and friends, which JSON allows in strings.
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                path,
-                lineno,
-                f"invalid JSON ({e.msg}, column {e.colno}); each line must be one complete JSON object",
-            ) from None
-        if not isinstance(row, dict):
-            raise DataError(
-                path,
-                lineno,
-                f'line is {_describe(row)}, not a JSON object; write each row as {{"prompt": ...}}',
-            )
-        rows.append((lineno, row))
-    return rows
-
-
-_WS = re.compile(r"[ \t\n\r]*")
-
-
-def _read_json(path: str | Path, text: str) -> list[tuple[int, dict]]:
-    """Rows of a JSON text holding one list of objects, each with the line its element starts on."""
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        hint = "fix the syntax there, or re-export the file if it was cut off"
-        if e.msg == "Extra data":
-            hint = "a .json file must hold one list; if it has one object per line, rename it to .jsonl"
-        raise DataError(path, e.lineno, f"invalid JSON ({e.msg}, column {e.colno}); {hint}") from None
-    if not isinstance(doc, list):
-        raise DataError(
-            path,
-            None,
-            f"top level is {_describe(doc)}, expected a list of objects [{{...}}, {{...}}]; wrap the rows in a list",
-        )
-    # json.loads forgets positions; walk the (already valid) list again to find the line each element starts on.
-    decoder = json.JSONDecoder()
-    pos = _WS.match(text, 0).end() + 1  # just past "["
-    line, counted_to = 1, 0
-    rows = []
-    for index, row in enumerate(doc):
-        pos = _WS.match(text, pos).end()
-        line += text.count("\n", counted_to, pos)
-        counted_to = pos
-        if not isinstance(row, dict):
-            raise DataError(
-                path,
-                line,
-                f"list element {index} is {_describe(row)}, not an object; every element must be {{...}}",
-            )
-        rows.append((line, row))
-        _, end = decoder.raw_decode(text, pos)
-        pos = _WS.match(text, end).end() + 1  # past the "," (or the closing "]")
-    return rows
-
-
-def _read_csv(path: str | Path, text: str) -> list[tuple[int, dict]]:
-    """Rows of a CSV text with a header line, each with the first physical line of its record."""
-    # Whole HH transcripts can exceed the csv module's default 128 KiB field limit.
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
-    # csv.reader rather than DictReader: DictReader skips blank lines and pads short rows silently, which
-    # would hide both the start line of a record and a row with missing cells.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    header: list[str] | None = None
-    rows = []
-    start = 1
-    try:
-        for cells in reader:
-            line, start = start, reader.line_num + 1
-            if not cells:  # a blank line; a quoted empty cell ("") is a row and is checked like any other
-                continue
-            if header is None:
-                header = cells
-                dupes = sorted({c for c in header if header.count(c) > 1})
-                if dupes:
-                    raise DataError(
-                        path, line, f"duplicate column names {dupes}; give every column a unique name"
-                    )
-                continue
-            if len(cells) != len(header):
-                raise DataError(
-                    path,
-                    line,
-                    f"row has {len(cells)} cells but the header has {len(header)}; "
-                    "quote fields that contain commas or newlines",
-                )
-            rows.append((line, dict(zip(header, cells))))
-    except csv.Error as e:
-        raise DataError(
-            path, reader.line_num, f"malformed CSV ({e}); check the quoting near this line"
-        ) from None
-    if header is not None and not rows:
-        raise DataError(path, None, "CSV has a header but no rows; add data rows below the header")
-    return rows
-
-
-def read_rows(path: str | Path) -> list[tuple[int, dict]]:
-    """All rows of a data file as (1-based line number, row dict).
-
-    The line is where the record starts: the JSONL line, the line of a JSON list element's opening brace,
-    or the first physical line of a CSV record. Raises `DataError` for anything unreadable or empty.
-    """
-    container, compressed = detect_container(path)
-    text = _read_text(path, compressed)
-    if not text.strip():
-        raise DataError(path, None, "file is empty (no rows); check that it was written completely")
-    reader = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv}[container]
-    rows = reader(path, text)
-    if not rows:
-        raise DataError(path, None, "file has no rows; add at least one example")
-    return rows
-
-
 # ------------------------------------------------------------------------------------------------- schemas
 
 
 def detect_schema(
-    rows: list[tuple[int, dict]], keys: ColumnKeys = DEFAULT_KEYS, path: str | Path = "<rows>"
+    rows: Sequence[tuple[int, dict]], keys: ColumnKeys = DEFAULT_KEYS, path: str | Path = "<rows>"
 ) -> str:
-    """Which schema the rows follow (one of `SCHEMAS`), judged by the fields of the first row.
+    """Which schema the rows follow (one of `SCHEMAS`), judged by the fields of the first row: which are present,
+    and whether they hold text or conversations (lists of messages).
 
-    Later rows are checked field by field when they are converted, so a row missing a field is reported
-    with its own line.
+    Later rows are checked field by field when they are converted, so a row missing a field or holding text
+    where the first row held messages is reported with its own location.
     """
     if not rows:
         raise DataError(path, None, "file has no rows; add at least one example")
     line, row = rows[0]
     found = list(row)
-    has = {name: getattr(keys, name) in row for name in ("prompt", "chosen", "rejected", "response")}
+    has = {f.name: getattr(keys, f.name) in row for f in fields(keys)}
+    chat = any(
+        is_conversation(row.get(getattr(keys, n))) for n in ("prompt", "chosen", "rejected", "messages")
+    )
+    if has["messages"] and not has["chosen"]:
+        if not is_conversation(row[keys.messages]):
+            raise DataError(
+                path,
+                line,
+                f"field {keys.messages!r} is {describe(row[keys.messages])}, expected a list of "
+                '{"role": ..., "content": ...} messages (in CSV: name the column messages:json)',
+            )
+        return "messages"
     if has["chosen"] and has["rejected"]:
+        if chat:
+            return "chat_pairs" if has["prompt"] else "chat_pairs_implicit"
         return "pairs" if has["prompt"] else "pairs_implicit"
     for present, missing in (("chosen", "rejected"), ("rejected", "chosen")):
         if has[present]:
@@ -313,13 +161,16 @@ def detect_schema(
                 f"preference pairs need both - {_rename_hint(keys, key, found)}",
             )
     if has["prompt"]:
-        return "sft" if has["response"] else "prompts"
+        if has["response"] or has["completion"]:
+            return "chat_sft" if chat else "sft"
+        return "chat_prompts" if chat else "prompts"
     raise DataError(
         path,
         line,
         f"no known schema in fields ({', '.join(found)}): expected {keys.prompt}+{keys.chosen}+{keys.rejected} "
-        f"(pairs), {keys.chosen}+{keys.rejected} (HH-style transcripts), {keys.prompt}+{keys.response} (SFT) "
-        f"or {keys.prompt} (prompts); rename fields with --prompt-key/--chosen-key/--rejected-key/--response-key",
+        f"(pairs), {keys.chosen}+{keys.rejected} (whole transcripts or conversations), {keys.prompt}+"
+        f"{keys.response} or {keys.prompt}+{keys.completion} (SFT), {keys.messages} (a conversation) or "
+        f"{keys.prompt} (prompts); rename fields with --keys.prompt-key, --keys.chosen-key, ...",
     )
 
 
@@ -337,30 +188,41 @@ def split_implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
     if cut < 0:
         raise ValueError(
             "chosen and rejected share no '\\n\\nAssistant:' turn, so the prompt cannot be split off; "
-            "add an explicit prompt field (or pass --prompt-key NAME)"
+            "add an explicit prompt field (or pass --keys.prompt-key NAME)"
         )
     end = cut + len(ASSISTANT_MARKER)
     return chosen[:end], chosen[end:], rejected[end:]
 
 
-def _text(
-    path: str | Path, line: int, row: dict, key: str, keys: ColumnKeys, allow_empty: bool = False
-) -> str:
-    """Field `key` of `row` as a string; raises a DataError naming the fix if it is missing, not text, or empty."""
+def _field(path, line: int, row: dict, key: str, keys: ColumnKeys) -> Any:
     if key not in row:
         raise DataError(
             path,
             line,
             f"missing field {key!r} (found: {', '.join(row)}); {_rename_hint(keys, key, list(row))}",
         )
-    value = row[key]
+    return row[key]
+
+
+def _text(
+    path: str | Path, line: int, row: dict, key: str, keys: ColumnKeys, allow_empty: bool = False
+) -> str:
+    """Field `key` of `row` as a string; raises a DataError naming the fix if it is missing, not text, or empty."""
+    value = _field(path, line, row, key, keys)
     if not isinstance(value, str):
-        raise DataError(
-            path, line, f"field {key!r} is {_describe(value)}, expected a string; store the text as a string"
-        )
+        hint = "store the text as a string"
+        if isinstance(value, list):
+            hint = (
+                "the first row holds text here, so every row must; write conversations in every row or none"
+            )
+        raise DataError(path, line, f"field {key!r} is {describe(value)}, expected a string; {hint}")
     if not allow_empty and not value.strip():
         raise DataError(path, line, f"field {key!r} is empty; fill it in or remove the row")
     return value
+
+
+def _messages(path, line: int, row: dict, key: str, keys: ColumnKeys) -> list[dict]:
+    return check_messages(path, line, _field(path, line, row, key, keys), key)
 
 
 def _margin(path: str | Path, line: int, row: dict, key: str) -> float | None:
@@ -377,113 +239,219 @@ def _margin(path: str | Path, line: int, row: dict, key: str) -> float | None:
             ) from None
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DataError(
-            path, line, f"field {key!r} is {_describe(value)}, expected a number like 1.5; fix or remove it"
+            path, line, f"field {key!r} is {describe(value)}, expected a number like 1.5; fix or remove it"
         )
     if not math.isfinite(value):
         raise DataError(path, line, f"field {key!r} is {value}, expected a finite number; fix or remove it")
     return float(value)
 
 
-# --------------------------------------------------------------------------------------- typed conversions
+# --------------------------------------------------------------------------------------- one row -> example
 
 
-def pairs_from_rows(
-    path: str | Path, rows: list[tuple[int, dict]], keys: ColumnKeys = DEFAULT_KEYS, schema: str | None = None
-) -> list[Pair]:
-    """Preference pairs from rows already read (`schema` is detected when not given)."""
-    schema = schema or detect_schema(rows, keys, path)
-    if schema not in ("pairs", "pairs_implicit"):
+def to_pair(path, line: int, row: dict, keys: ColumnKeys, schema: str) -> Pair:
+    """The preference pair in one row of a pair schema."""
+    if schema not in PAIR_SCHEMAS:
         raise DataError(
             path,
             None,
             f"this is a {schema!r} file, but preference pairs are needed: fields {keys.prompt}, {keys.chosen}, "
-            f"{keys.rejected} (or HH-style {keys.chosen}, {keys.rejected}); rename with --chosen-key/--rejected-key",
+            f"{keys.rejected} (or whole transcripts / conversations in {keys.chosen}, {keys.rejected}); "
+            "rename with --keys.chosen-key/--keys.rejected-key",
         )
-    pairs = []
-    for line, row in rows:
-        chosen = _text(path, line, row, keys.chosen, keys)
-        rejected = _text(path, line, row, keys.rejected, keys)
-        if schema == "pairs":
-            prompt = _text(path, line, row, keys.prompt, keys, allow_empty=True)
-        else:
-            try:
-                prompt, chosen, rejected = split_implicit_prompt(chosen, rejected)
-            except ValueError as e:
-                raise DataError(path, line, str(e)) from None
-            # HH rows where the preferred answer is silence are real data, but two silent answers are not a pair.
-            if not chosen.strip() and not rejected.strip():
-                raise DataError(
-                    path,
-                    line,
-                    "chosen and rejected responses are both empty after the prompt; fix or remove the row",
-                )
-        pairs.append(Pair(prompt, chosen, rejected, _margin(path, line, row, keys.margin), line))
-    return pairs
+    margin = _margin(path, line, row, keys.margin)
+    if schema == "chat_pairs":
+        prompt = _messages(path, line, row, keys.prompt, keys)
+        chosen = _messages(path, line, row, keys.chosen, keys)
+        rejected = _messages(path, line, row, keys.rejected, keys)
+        ends_with_assistant(path, line, chosen, keys.chosen)
+        ends_with_assistant(path, line, rejected, keys.rejected)
+        return Pair(prompt, chosen, rejected, margin, line)
+    if schema == "chat_pairs_implicit":
+        chosen = _messages(path, line, row, keys.chosen, keys)
+        rejected = _messages(path, line, row, keys.rejected, keys)
+        return Pair(*split_implicit(path, line, chosen, rejected), margin, line)
+    chosen = _text(path, line, row, keys.chosen, keys)
+    rejected = _text(path, line, row, keys.rejected, keys)
+    if schema == "pairs":
+        return Pair(
+            _text(path, line, row, keys.prompt, keys, allow_empty=True), chosen, rejected, margin, line
+        )
+    try:
+        prompt, chosen, rejected = split_implicit_prompt(chosen, rejected)
+    except ValueError as e:
+        raise DataError(path, line, str(e)) from None
+    # HH rows where the preferred answer is silence are real data, but two silent answers are not a pair.
+    if not chosen.strip() and not rejected.strip():
+        raise DataError(
+            path, line, "chosen and rejected responses are both empty after the prompt; fix or remove the row"
+        )
+    return Pair(prompt, chosen, rejected, margin, line)
 
 
-def sft_from_rows(
-    path: str | Path, rows: list[tuple[int, dict]], keys: ColumnKeys = DEFAULT_KEYS, schema: str | None = None
-) -> list[SFTExample]:
-    """SFT examples from rows: prompt+response, or prompt+chosen of a pairs file."""
-    schema = schema or detect_schema(rows, keys, path)
-    if schema in ("pairs", "pairs_implicit"):
-        return [SFTExample(p.prompt, p.chosen, p.line) for p in pairs_from_rows(path, rows, keys, schema)]
-    if schema == "prompts":
+def to_sft(path, line: int, row: dict, keys: ColumnKeys, schema: str) -> SFTExample:
+    """The SFT example in one row: prompt + response, a conversation, or prompt + chosen of a pair."""
+    if schema in PAIR_SCHEMAS:
+        p = to_pair(path, line, row, keys, schema)
+        return SFTExample(p.prompt, p.chosen, line)
+    if schema in ("prompts", "chat_prompts"):
         raise DataError(
             path,
             None,
-            f"this file has prompts only, but SFT needs responses: add a {keys.response!r} field "
-            f"(or {keys.chosen!r}+{keys.rejected!r}), or pass --response-key NAME if it is named differently",
+            f"this file has prompts only, but SFT needs responses: add a {keys.response!r} or "
+            f"{keys.completion!r} field (or {keys.chosen!r}+{keys.rejected!r}), or pass --keys.response-key NAME",
         )
-    return [
-        SFTExample(
-            _text(path, line, row, keys.prompt, keys, allow_empty=True),
-            _text(path, line, row, keys.response, keys),
-            line,
-        )
-        for line, row in rows
-    ]
+    if schema == "messages":
+        messages = _messages(path, line, row, keys.messages, keys)
+        return SFTExample(*split_at_first_answer(path, line, messages, keys.messages), line)
+    key = keys.response if keys.response in row else keys.completion
+    if schema == "chat_sft":
+        completion = _messages(path, line, row, key, keys)
+        ends_with_assistant(path, line, completion, key)
+        return SFTExample(_messages(path, line, row, keys.prompt, keys), completion, line)
+    return SFTExample(
+        _text(path, line, row, keys.prompt, keys, allow_empty=True), _text(path, line, row, key, keys), line
+    )
 
 
-def prompts_from_rows(
-    path: str | Path, rows: list[tuple[int, dict]], keys: ColumnKeys = DEFAULT_KEYS, schema: str | None = None
-) -> list[str]:
-    """Prompts from rows of any schema (HH-style pairs give their split-off prompts), one per row."""
-    schema = schema or detect_schema(rows, keys, path)
-    if schema == "pairs_implicit":
-        return [p.prompt for p in pairs_from_rows(path, rows, keys, schema)]
+def to_prompt(path, line: int, row: dict, keys: ColumnKeys, schema: str) -> Text:
+    """The prompt of one row of any schema (pairs without one give their split-off prompt)."""
+    if schema in ("pairs_implicit", "chat_pairs_implicit"):
+        return to_pair(path, line, row, keys, schema).prompt
+    if schema == "messages":
+        messages = _messages(path, line, row, keys.messages, keys)
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+        if last == 0:
+            raise DataError(path, line, f"field {keys.messages!r} has no turn before its first answer")
+        return messages[:last]
+    if is_chat(schema):
+        return _messages(path, line, row, keys.prompt, keys)
     # Generation from an empty prompt is meaningless, so unlike SFT/pair files prompts must not be blank here.
-    return [_text(path, line, row, keys.prompt, keys) for line, row in rows]
+    return _text(path, line, row, keys.prompt, keys)
 
 
-def load_pairs(path: str | Path, keys: ColumnKeys = DEFAULT_KEYS) -> list[Pair]:
-    """Preference pairs (explicit prompt or HH-style implicit prompt) for reward-model training."""
-    return pairs_from_rows(path, read_rows(path), keys)
+CONVERT = {"pairs": to_pair, "sft": to_sft, "prompts": to_prompt}
 
 
-def load_sft(path: str | Path, keys: ColumnKeys = DEFAULT_KEYS) -> list[SFTExample]:
+# ----------------------------------------------------------------------------------------- files -> examples
+
+
+def schema_of(path: str | Path, keys: ColumnKeys = DEFAULT_KEYS, split: str = "") -> str:
+    """The schema of a file or directory, from its first row (nothing more is read)."""
+    source = shards(path, split)[0]
+    return detect_schema([next(iter_rows(source, split))], keys, source)
+
+
+def iter_records(
+    path: str | Path, keys: ColumnKeys = DEFAULT_KEYS, split: str = ""
+) -> Iterator[tuple[Path, int, dict, str]]:
+    """(source, location, row, schema) for every row behind `path`, streaming shard by shard.
+
+    All shards of a directory must follow one schema; the first row of the first shard decides it."""
+    schema, first = None, None
+    for source in shards(path, split):
+        rows = iter_rows(source, split)
+        head = next(rows)
+        shard_schema = detect_schema([head], keys, source)
+        if schema is None:
+            schema, first = shard_schema, source
+        elif shard_schema != schema:
+            raise DataError(
+                source,
+                None,
+                f"is a {shard_schema!r} shard but {first} is {schema!r}; one dataset, one schema",
+            )
+        yield source, head[0], head[1], schema
+        for line, row in rows:
+            yield source, line, row, schema
+
+
+def iter_examples(
+    path: str | Path, kind: str, keys: ColumnKeys = DEFAULT_KEYS, split: str = ""
+) -> Iterator[Pair | SFTExample | Text]:
+    """Examples of `kind` ('pairs', 'sft', 'prompts') from a file or directory, streaming."""
+    convert = CONVERT[kind]
+    for source, line, row, schema in iter_records(path, keys, split):
+        yield convert(source, line, row, keys, schema)
+
+
+def load_pairs(path: str | Path, keys: ColumnKeys = DEFAULT_KEYS, split: str = "") -> list[Pair]:
+    """Preference pairs (explicit or implicit prompt, text or conversations) for reward models and DPO."""
+    return list(iter_examples(path, "pairs", keys, split))
+
+
+def load_sft(path: str | Path, keys: ColumnKeys = DEFAULT_KEYS, split: str = "") -> list[SFTExample]:
     """SFT examples; a pairs file is accepted and trains on its chosen responses."""
-    return sft_from_rows(path, read_rows(path), keys)
+    return list(iter_examples(path, "sft", keys, split))
 
 
-def load_prompts(path: str | Path, keys: ColumnKeys = DEFAULT_KEYS) -> list[str]:
-    """Prompts for PPO rollouts, from a file of any schema."""
-    return prompts_from_rows(path, read_rows(path), keys)
+def load_prompts(path: str | Path, keys: ColumnKeys = DEFAULT_KEYS, split: str = "") -> list[Text]:
+    """Prompts for RL rollouts and comparisons, from a file of any schema."""
+    return list(iter_examples(path, "prompts", keys, split))
 
 
-def load_prompt_table(path: str | Path, keys: ColumnKeys = DEFAULT_KEYS) -> tuple[list[str], dict[str, list]]:
+def load_prompt_table(
+    path: str | Path, keys: ColumnKeys = DEFAULT_KEYS, split: str = ""
+) -> tuple[list[Text], dict[str, list]]:
     """Prompts as `load_prompts` returns them, plus every other column of the file, for reward functions.
 
     The columns map each field name (the prompt field excluded) to one value per prompt, in file order; a
     row without a field that other rows have gets None there. Values are as stored: CSV cells are strings.
-    HH-style transcript files have no per-prompt columns (their fields are the transcripts), so they give
-    an empty dict.
+    Files of whole transcripts or conversations have no per-prompt columns (their fields are the
+    transcripts), so they give an empty dict.
     """
-    rows = read_rows(path)
-    schema = detect_schema(rows, keys, path)
-    prompts = prompts_from_rows(path, rows, keys, schema)
-    if schema == "pairs_implicit":
+    prompts, rows, schema = [], [], None
+    for source, line, row, schema in iter_records(path, keys, split):
+        prompts.append(to_prompt(source, line, row, keys, schema))
+        rows.append(row)
+    if schema in ("pairs_implicit", "chat_pairs_implicit", "messages"):
         return prompts, {}
     # dict.fromkeys keeps first-seen order, so columns come out in the order the file introduces them.
-    names = dict.fromkeys(name for _, row in rows for name in row if name != keys.prompt)
-    return prompts, {name: [row.get(name) for _, row in rows] for name in names}
+    names = dict.fromkeys(name for row in rows for name in row if name != keys.prompt)
+    return prompts, {name: [row.get(name) for row in rows] for name in names}
+
+
+# ------------------------------------------------------------------------------------------------ mixtures
+
+
+def load_mixture(
+    paths: Sequence[str | Path],
+    kind: str,
+    keys: ColumnKeys = DEFAULT_KEYS,
+    weights: Sequence[float] = (),
+    seed: int = 0,
+    split: str = "",
+) -> list:
+    """Examples of `kind` from several files, each sampled at its weight's share (OpenRLHF's probabilities).
+
+    Without weights every example of every file is used once, in file order. With weights w_i the mixture has
+    as many examples as all files together (N), and file i gives round(N * w_i / sum(w)) of them: drawn without
+    replacement while the file has enough, whole copies plus a draw without replacement beyond that. Files
+    whose examples a stage cannot train on together (text and conversations) are an error naming both.
+    """
+    if weights and len(weights) != len(paths):
+        raise UserError(
+            f"--data-weights has {len(weights)} value(s) but --data names {len(paths)} file(s); give one weight "
+            "per file"
+        )
+    if any(not (math.isfinite(w) and w > 0) for w in weights):
+        raise UserError(f"--data-weights must all be positive numbers, got {list(weights)}")
+    schemas = [schema_of(p, keys, split) for p in paths]
+    for p, s in zip(paths[1:], schemas[1:]):
+        if is_chat(s) != is_chat(schemas[0]):
+            kinds = {True: "conversations (messages)", False: "plain text"}
+            raise UserError(
+                f"{paths[0]} holds {kinds[is_chat(schemas[0])]} ({schemas[0]}) but {p} holds "
+                f"{kinds[is_chat(s)]} ({s}); a stage trains on one layout - convert one of them"
+            )
+    parts = [list(iter_examples(p, kind, keys, split)) for p in paths]
+    if not weights:
+        return [e for part in parts for e in part]
+    total, wsum = sum(len(part) for part in parts), sum(weights)
+    gen = torch.Generator().manual_seed(seed)
+    mixed = []
+    for part, w in zip(parts, weights):
+        want = round(total * w / wsum)
+        copies, rest = divmod(want, len(part))
+        mixed += part * copies + [part[i] for i in torch.randperm(len(part), generator=gen)[:rest].tolist()]
+    return mixed

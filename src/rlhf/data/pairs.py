@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.data.collate import Encoded, encode_prompt_response, pack_pairs, shared_prefix_length
-from rlhf.data.loader import load_pairs
+from rlhf.data.loader import load_mixture
 from rlhf.data.tokenizer import Tokenizer
 from rlhf.tasks import get_task
 
@@ -33,7 +33,10 @@ class EncodedPair:
 
 def load_pair_data(cfg, split_user_file: bool) -> tuple[list[dict], list[dict], object]:
     """(train pairs, held-out pairs, task or None) as dicts with prompt/chosen/rejected/margin[/gold_agrees]."""
-    if cfg.data is None:
+    paths = (
+        cfg.data if isinstance(cfg.data, list) else [cfg.data] if cfg.data else []
+    )  # reward eval: one file
+    if not paths:
         t = cfg.task
         task = get_task(
             t.name, seed=cfg.seed, label_noise=t.label_noise, length_bias=t.length_bias, label_by=t.label_by
@@ -48,7 +51,9 @@ def load_pair_data(cfg, split_user_file: bool) -> tuple[list[dict], list[dict], 
         return pairs("train", t.n_train if split_user_file else 0), pairs("test", t.n_eval), task
     rows = [
         {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "margin": p.margin}
-        for p in load_pairs(cfg.data, cfg.keys.column_keys())
+        for p in load_mixture(
+            paths, "pairs", cfg.keys.column_keys(), getattr(cfg, "data_weights", ()), cfg.seed, cfg.keys.split
+        )
     ]
     if not split_user_file:
         return [], rows, None

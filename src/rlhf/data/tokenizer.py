@@ -6,7 +6,8 @@
 
 `format_prompt` is where a prompt becomes the text the model reads: unchanged for the byte tokenizer, wrapped in
 the chat template for a Hugging Face tokenizer that has one. Encoding (`rlhf.data.collate`) calls it, so no stage
-ever asks which tokenizer it holds.
+ever asks which tokenizer it holds. `apply_chat` renders a whole conversation (a list of messages): with the
+tokenizer's chat template, or `rlhf.data.chat.plain_template` when it has none.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from rlhf.data.chat import plain_template
 from rlhf.errors import UserError
 
 
@@ -29,6 +31,8 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
     def format_prompt(self, prompt: str) -> str: ...
+
+    def apply_chat(self, messages: list[dict], add_generation_prompt: bool) -> str: ...
 
 
 class ByteTokenizer:
@@ -47,6 +51,9 @@ class ByteTokenizer:
 
     def format_prompt(self, prompt: str) -> str:
         return prompt
+
+    def apply_chat(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return plain_template(messages, add_generation_prompt)
 
 
 class HFTokenizer:
@@ -101,8 +108,15 @@ class HFTokenizer:
         has a template (chat/instruct models were trained on that layout); otherwise the prompt itself."""
         if not getattr(self.tok, "chat_template", None):
             return prompt
+        return self.apply_chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
+
+    def apply_chat(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        """A conversation through the chat template (the plain template when there is none), without the leading
+        BOS text the template may write: encoding adds the BOS id itself."""
+        if not getattr(self.tok, "chat_template", None):
+            return plain_template(messages, add_generation_prompt)
         text = self.tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False
         )
         bos = self.tok.bos_token
         if self.add_bos and bos and text.startswith(bos):  # encode_prompt adds the BOS id itself

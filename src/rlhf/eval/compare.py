@@ -104,7 +104,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         prompts = task.prompts(cfg.n_prompts, split="test")
     else:
         k = cfg.keys
-        prompts = load_prompts(cfg.prompts, k.column_keys())[: cfg.n_prompts]
+        prompts = load_prompts(cfg.prompts, k.column_keys(), k.split)[: cfg.n_prompts]
         task = None
     prompts_rep = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     # The same seed for both policies: differences come from the weights, not the dice.

@@ -168,7 +168,7 @@ def reward_run(
         RewardConfig(
             out=out,
             init=sft,
-            data=data,
+            data=[data] if data else [],
             keys=keys or DataKeys(),
             task=task,
             epochs=s.rm_epochs,

@@ -14,7 +14,7 @@ def run_validate(cfg: DataValidateConfig) -> dict:
     k = cfg.keys
     keys = k.column_keys()
     tok = ByteTokenizer() if cfg.tokenizer == "byte" else HFTokenizer(cfg.tokenizer)
-    report = validate_file(cfg.file, tok, cfg.max_length, keys)
+    report = validate_file(cfg.file, tok, cfg.max_length, keys, cfg.keys.split)
     print(format_report(report))
     write_json(out / "summary.json", report)
     print(f"outputs: {out}/summary.json")

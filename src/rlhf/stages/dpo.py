@@ -159,7 +159,8 @@ def train_dpo(cfg: DPOConfig) -> dict:
     train_rows, eval_rows, task = load_pair_data(cfg, split_user_file=True)
     if not train_rows:
         raise UserError(
-            f"{cfg.data}: no training pairs left after holding out --eval-fraction {cfg.eval_fraction}"
+            f"{', '.join(map(str, cfg.data))}: no training pairs left after holding out --eval-fraction "
+            f"{cfg.eval_fraction}"
         )
     train = encode_pairs(tok, train_rows, max_length, use_margin=False)
     held = encode_pairs(tok, eval_rows, max_length, use_margin=False)

@@ -75,7 +75,7 @@ def load_prompt_pool(cfg: PPOConfig) -> tuple[list[str], dict[str, list], object
     if cfg.prompts is None:
         prompts = task.prompts(cfg.task.n_train, split="train")
         return prompts, task.prompt_columns(prompts), task
-    prompts, columns = load_prompt_table(cfg.prompts, cfg.keys.column_keys())
+    prompts, columns = load_prompt_table(cfg.prompts, cfg.keys.column_keys(), cfg.keys.split)
     return prompts, columns, None
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from rlhf.checkpoint import write_json
 from rlhf.config import SFTConfig
 from rlhf.data.collate import encode_prompt_response, length_bucketed_batches, sft_batch
-from rlhf.data.loader import load_sft
+from rlhf.data.loader import load_mixture
 from rlhf.data.tokenizer import ByteTokenizer
 from rlhf.distributed import device, is_main, share
 from rlhf.errors import UserError
@@ -51,7 +51,7 @@ def sft_loss(
 
 def load_sft_data(cfg: SFTConfig):
     """(train examples, eval examples, task or None) as lists of (prompt, response)."""
-    if cfg.data is None:
+    if not cfg.data:
         task = get_task(
             cfg.task.name, seed=cfg.seed, label_noise=cfg.task.label_noise, length_bias=cfg.task.length_bias
         )
@@ -59,8 +59,8 @@ def load_sft_data(cfg: SFTConfig):
         evals = [(e["prompt"], e["response"]) for e in task.sft_examples(cfg.task.n_eval, split="test")]
         return train, evals, task
     k = cfg.keys
-    keys = k.column_keys()
-    rows = [(e.prompt, e.response) for e in load_sft(cfg.data, keys)]
+    examples = load_mixture(cfg.data, "sft", k.column_keys(), cfg.data_weights, cfg.seed, k.split)
+    rows = [(e.prompt, e.response) for e in examples]
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(rows), generator=gen).tolist()
     n_eval = int(round(len(rows) * cfg.eval_fraction)) if len(rows) > 1 else 0
