@@ -221,6 +221,13 @@ def _parse_json_columns(path: str | Path, rows: list[tuple[int, dict]]) -> list[
         parsed = {}
         for key, value in row.items():
             if not key.endswith(JSON_COLUMN):
+                if _looks_like_messages(value):  # never parsed silently: the header must say so
+                    raise DataError(
+                        path,
+                        line,
+                        f"column {key!r} holds a JSON list of messages, but CSV cells are text unless the "
+                        f"header says otherwise; rename the column to {key + JSON_COLUMN!r} to read it as messages",
+                    )
                 parsed[key] = value
                 continue
             name = key[: -len(JSON_COLUMN)]
@@ -232,6 +239,17 @@ def _parse_json_columns(path: str | Path, rows: list[tuple[int, dict]]) -> list[
                 ) from None
         out.append((line, parsed))
     return out
+
+
+def _looks_like_messages(cell: str) -> bool:
+    """Is a CSV cell a JSON list of role/content objects (a conversation someone forgot to declare)?"""
+    if not cell.lstrip().startswith("[{"):
+        return False
+    try:
+        value = json.loads(cell)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(value, list) and any(isinstance(m, dict) and "role" in m for m in value)
 
 
 def _need(module: str, what: str):
@@ -306,10 +324,10 @@ def _iter_saved_dataset(path: Path, split: str) -> Iterator[tuple[int, dict]]:
     if len(ds) == 0:
         raise DataError(path, None, "dataset has no rows; add at least one example")
     index = 0
-    for batch in ds.iter(batch_size=BATCH_ROWS):
-        columns = list(batch)
-        for values in zip(*(batch[c] for c in columns)):
-            yield index, dict(zip(columns, values))
+    # Arrow batches, as for Parquet: the rows come out as stored, whatever `datasets` features would decode to.
+    for table in ds.with_format("arrow").iter(batch_size=BATCH_ROWS):
+        for row in table.to_pylist():
+            yield index, row
             index += 1
 
 

@@ -421,13 +421,18 @@ def load_mixture(
     weights: Sequence[float] = (),
     seed: int = 0,
     split: str = "",
-) -> list:
-    """Examples of `kind` from several files, each sampled at its weight's share (OpenRLHF's probabilities).
+    eval_fraction: float | None = None,
+) -> tuple[list, list]:
+    """(train, held out) examples of `kind` from several files, each file sampled at its weight's share of the
+    training mixture (OpenRLHF's dataset probabilities).
 
-    Without weights every example of every file is used once, in file order. With weights w_i the mixture has
-    as many examples as all files together (N), and file i gives round(N * w_i / sum(w)) of them: drawn without
-    replacement while the file has enough, whole copies plus a draw without replacement beyond that. Files
-    whose examples a stage cannot train on together (text and conversations) are an error naming both.
+    With `eval_fraction` each file is shuffled (seeded) and first gives up that share of its examples to the
+    held-out set (unweighted), so up-weighting never puts copies of one example on both sides; without it the
+    examples stay in file order and nothing is held out. Without weights the training set is every
+    remaining example once. With weights w_i it has as many examples as the files' remaining examples together
+    (N), file i giving round(N * w_i / sum(w)): drawn without replacement while the file has enough, whole copies
+    plus a draw without replacement beyond that. Files whose examples a stage cannot use together (text and
+    conversations, or a prompts file in an SFT mixture) are an error naming both.
     """
     if weights and len(weights) != len(paths):
         raise UserError(
@@ -437,6 +442,14 @@ def load_mixture(
     if any(not (math.isfinite(w) and w > 0) for w in weights):
         raise UserError(f"--data-weights must all be positive numbers, got {list(weights)}")
     schemas = [schema_of(p, keys, split) for p in paths]
+    readable = {"pairs": PAIR_SCHEMAS, "sft": [s for s in SCHEMAS if s not in ("prompts", "chat_prompts")]}
+    good = next(((q, t) for q, t in zip(paths, schemas) if t in readable.get(kind, SCHEMAS)), None)
+    for p, s in zip(paths, schemas):
+        if len(paths) > 1 and good and s not in readable.get(kind, SCHEMAS):
+            raise UserError(
+                f"{p} is a {s!r} file but {good[0]} is {good[1]!r}: a {kind} mixture cannot use {s!r} rows; "
+                f"drop {p} or convert it"
+            )
     for p, s in zip(paths[1:], schemas[1:]):
         if is_chat(s) != is_chat(schemas[0]):
             kinds = {True: "conversations (messages)", False: "plain text"}
@@ -444,14 +457,23 @@ def load_mixture(
                 f"{paths[0]} holds {kinds[is_chat(schemas[0])]} ({schemas[0]}) but {p} holds "
                 f"{kinds[is_chat(s)]} ({s}); a stage trains on one layout - convert one of them"
             )
-    parts = [list(iter_examples(p, kind, keys, split)) for p in paths]
-    if not weights:
-        return [e for part in parts for e in part]
-    total, wsum = sum(len(part) for part in parts), sum(weights)
     gen = torch.Generator().manual_seed(seed)
+    parts, held_out = [], []
+    for p in paths:
+        examples = list(iter_examples(p, kind, keys, split))
+        if eval_fraction is None:
+            order, n_eval = range(len(examples)), 0
+        else:
+            order = torch.randperm(len(examples), generator=gen).tolist()
+            n_eval = int(round(len(examples) * eval_fraction)) if len(examples) > 1 else 0
+        held_out += [examples[i] for i in order[:n_eval]]
+        parts.append([examples[i] for i in order[n_eval:]])
+    if not weights:
+        return [e for part in parts for e in part], held_out
+    total, wsum = sum(len(part) for part in parts), sum(weights)
     mixed = []
     for part, w in zip(parts, weights):
         want = round(total * w / wsum)
         copies, rest = divmod(want, len(part))
         mixed += part * copies + [part[i] for i in torch.randperm(len(part), generator=gen)[:rest].tolist()]
-    return mixed
+    return mixed, held_out

@@ -49,17 +49,23 @@ def load_pair_data(cfg, split_user_file: bool) -> tuple[list[dict], list[dict], 
             ]
 
         return pairs("train", t.n_train if split_user_file else 0), pairs("test", t.n_eval), task
-    rows = [
-        {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "margin": p.margin}
-        for p in load_mixture(
-            paths, "pairs", cfg.keys.column_keys(), getattr(cfg, "data_weights", ()), cfg.seed, cfg.keys.split
-        )
-    ]
-    if not split_user_file:
-        return [], rows, None
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    n_eval = int(round(len(rows) * cfg.eval_fraction))
-    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]], None
+    train, evals = load_mixture(
+        paths,
+        "pairs",
+        cfg.keys.column_keys(),
+        getattr(cfg, "data_weights", ()),
+        cfg.seed,
+        cfg.keys.split,
+        cfg.eval_fraction if split_user_file else None,
+    )
+
+    def rows(pairs) -> list[dict]:
+        return [
+            {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "margin": p.margin}
+            for p in pairs
+        ]
+
+    return (rows(train), rows(evals), None) if split_user_file else ([], rows(train), None)
 
 
 def encode_pairs(

@@ -59,12 +59,10 @@ def load_sft_data(cfg: SFTConfig):
         evals = [(e["prompt"], e["response"]) for e in task.sft_examples(cfg.task.n_eval, split="test")]
         return train, evals, task
     k = cfg.keys
-    examples = load_mixture(cfg.data, "sft", k.column_keys(), cfg.data_weights, cfg.seed, k.split)
-    rows = [(e.prompt, e.response) for e in examples]
-    gen = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(rows), generator=gen).tolist()
-    n_eval = int(round(len(rows) * cfg.eval_fraction)) if len(rows) > 1 else 0
-    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]], None
+    train, evals = load_mixture(
+        cfg.data, "sft", k.column_keys(), cfg.data_weights, cfg.seed, k.split, cfg.eval_fraction
+    )
+    return [(e.prompt, e.response) for e in train], [(e.prompt, e.response) for e in evals], None
 
 
 @torch.no_grad()
