@@ -234,7 +234,7 @@ def answer_check(prompts, completions, answer, **_):
 """
 
 
-def test_every_stage_reads_conversations(tiny_sft, tmp_path: Path) -> None:
+def test_every_stage_reads_conversations(tiny_sft, tiny_reward, tmp_path: Path) -> None:
     sft_data = write_container(tmp_path, "parquet", ROWS["messages"] * 8)
     sft_out = tmp_path / "sft"
     cli.run(["sft", *TINY_SFT, "--max-steps", "2", "--data", str(sft_data), "--out", str(sft_out)])
@@ -245,6 +245,9 @@ def test_every_stage_reads_conversations(tiny_sft, tmp_path: Path) -> None:
     cli.run(["reward", "--init", str(tiny_sft), "--data", str(saved), "--max-steps", "2", "--no-progress",
              "--threads", "1", "--max-length", "64", "--out", str(reward_out)])  # fmt: skip
     assert (reward_out / "model.safetensors").exists()
+    ev = cli.run(["reward", "eval", "--checkpoint", str(reward_out), "--data", str(saved), "--no-progress",
+                  "--threads", "1", "--out", str(tmp_path / "eval")])  # fmt: skip
+    assert ev["n_pairs"] == 16
 
     repo = write_container(tmp_path, "shards", ROWS["chat_pairs"] * 8)
     dpo_out = tmp_path / "dpo"
@@ -260,6 +263,11 @@ def test_every_stage_reads_conversations(tiny_sft, tmp_path: Path) -> None:
              "--samples-per-prompt", "2", "--response-length", "4", "--no-progress", "--threads", "1",
              "--out", str(grpo_out)])  # fmt: skip
     assert (grpo_out / "metrics.jsonl").read_text().strip() and (tmp_path / "called").exists()
+
+    cmp = cli.run(["compare", "--sft", str(tiny_sft), "--policy", str(dpo_out), "--reward", str(tiny_reward),
+                   "--prompts", str(prompts), "--samples-per-prompt", "1", "--response-length", "4", "--no-progress",
+                   "--threads", "1", "--bootstrap", "50", "--out", str(tmp_path / "compare")])  # fmt: skip
+    assert cmp["n_prompts"] == 8
 
 
 # ------------------------------------------------------------------------------------------------ mixtures
