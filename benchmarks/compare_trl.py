@@ -337,7 +337,7 @@ def child_reward(a, common) -> dict:
     def run(out: Path, max_steps: int = 0) -> tuple[dict, float | None]:
         cfg = RewardConfig(
             out=out,
-            data=data,
+            data=[data],
             model="gpt",
             arch=GPTConfig(),
             threads=a.threads,
@@ -423,7 +423,7 @@ def child_dpo(a, common) -> dict:
             DPOConfig(
                 out=out,
                 sft=sft_dir,
-                data=data,
+                data=[data],
                 threads=a.threads,
                 progress=False,
                 seed=0,
