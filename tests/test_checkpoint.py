@@ -81,7 +81,7 @@ def test_failed_weight_write_leaves_previous_checkpoint_intact(tmp_path, monkeyp
     save_policy(tmp_path, old, step=1)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     monkeypatch.setattr(ck, "save_file", _half_then_raise)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="cannot write"):
         save_policy(tmp_path, policy(1), step=2)
     monkeypatch.undo()
     assert leftovers(tmp_path) == []
@@ -99,7 +99,7 @@ def test_failed_json_write_leaves_previous_file_intact(tmp_path, monkeypatch):
         raise OSError(5, "I/O error")
 
     monkeypatch.setattr(Path, "write_text", half)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="cannot write"):
         ck.write_json(tmp_path / "summary.json", {"a": 2, "b": list(range(100))})
     monkeypatch.undo()
     assert json.loads((tmp_path / "summary.json").read_text()) == {"a": 1}
@@ -109,7 +109,7 @@ def test_failed_json_write_leaves_previous_file_intact(tmp_path, monkeypatch):
 def test_failed_resume_write_keeps_previous_resume_checkpoint(tmp_path, monkeypatch):
     ck.save_resume(tmp_path, 1, {"w": torch.ones(4)}, {"value": 1})
     monkeypatch.setattr(ck, "save_file", _half_then_raise)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="cannot write"):
         ck.save_resume(tmp_path, 2, {"w": torch.full((4,), 2.0)}, {"value": 2})
     monkeypatch.undo()
     tensors, meta = ck.load_resume(tmp_path)

@@ -8,9 +8,12 @@ Two kinds live in a stage's run directory:
   (weights of every trained model, optimizer and scheduler state, KL controller, RNG states, data position).
   `DIR/resume/latest` names the newest complete one.
 
-Atomicity: a file is written to a temporary name in the same directory, fsynced and renamed over the target;
-a resume checkpoint is assembled in `step-XXXXXXX.tmp/` and renamed only once complete, then `latest` is
-switched. A SIGKILL at any moment leaves either the old or the new checkpoint, never half of one.
+Atomicity: a file is written to a temporary name in the same directory, fsynced, renamed over the target, and
+the directory fsynced (so the rename itself survives a power loss); a resume checkpoint is assembled in
+`step-XXXXXXX.tmp/` and renamed only once complete, then `latest` is switched. A SIGKILL at any moment leaves
+either the old or the new checkpoint, never half of one; a write that fails (a full disk, no permission) is one
+line naming the path, with the previous file untouched. Files get the permissions the user's umask gives (0644
+under the usual 022): safetensors alone would write 0600, unreadable to a teammate on a shared filesystem.
 Optimizer state and RNG states are flattened into safetensors + JSON, so loading never unpickles.
 """
 
@@ -29,22 +32,53 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rlhf import __version__
+from rlhf import __version__, run_dir
 from rlhf.errors import UserError
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 # ------------------------------------------------------------------------------------------------ atomic files
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; read once, at import (umask is process-wide)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside `directory` durable: the new name is in the directory's data only after this."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_failed(path: Path, e: Exception) -> UserError:
+    """The one-line error of a write that failed, naming the path; the previous file is still in place."""
+    reason = getattr(e, "strerror", None) or str(e)
+    return UserError(
+        f"{path}: cannot write ({reason}); free disk space or fix the permissions and run again "
+        "(the previous file is unchanged)"
+    )
+
+
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except (OSError, SafetensorError) as e:
+        raise write_failed(path, e) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -102,6 +136,7 @@ def save_model(directory: str | Path, state_dict: dict[str, torch.Tensor], confi
     state = _dedupe_tied(state_dict)
     save_tensors(directory / WEIGHTS, state, metadata={"format": "pt"})
     write_json(directory / CONFIG, {**config, "rlhf_version": __version__})
+    run_dir.committed(directory)  # --overwrite: the run this one replaces can go now
 
 
 def load_model_files(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -184,31 +219,43 @@ def load_optimizer_state(opt: torch.optim.Optimizer, prefix: str, tensors: dict,
 
 
 def save_resume(
-    run_dir: str | Path, step: int, tensors: dict[str, torch.Tensor], meta: dict, keep: int = 2
+    run_dir_path: str | Path, step: int, tensors: dict[str, torch.Tensor], meta: dict, keep: int = 2
 ) -> Path:
     """Write a complete resume checkpoint for `step`, point `latest` at it, prune older ones."""
-    root = Path(run_dir) / "resume"
+    root = Path(run_dir_path) / "resume"
     final = root / f"step-{step:07d}"
     tmp = root / f"step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_tensors(tmp / "state.safetensors", _dedupe_tied(tensors))
-    write_json(tmp / "state.json", {**meta, "step": step, "rlhf_version": __version__})
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_tensors(tmp / "state.safetensors", _dedupe_tied(tensors))
+        write_json(tmp / "state.json", {**meta, "step": step, "rlhf_version": __version__})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        fsync_dir(root)
+    except OSError as e:
+        raise write_failed(final, e) from None
+    finally:  # a failed or interrupted write leaves no half checkpoint behind; `latest` still names the last one
+        shutil.rmtree(tmp, ignore_errors=True)
     _atomic_write(root / "latest", lambda p: p.write_text(final.name + "\n"))
+    run_dir.committed(Path(run_dir_path))
     for old in sorted(root.glob("step-*"))[:-keep]:
         if old.name != final.name and not old.name.endswith(".tmp"):
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def latest_resume(run_dir: str | Path) -> Path | None:
+    """The newest complete resume checkpoint directory of `run_dir`, or None."""
+    latest = Path(run_dir) / "resume" / "latest"
+    return latest.parent / latest.read_text().strip() if latest.exists() else None
+
+
 def load_resume(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict] | None:
     """The newest complete resume checkpoint of `run_dir`, or None when there is none."""
-    latest = Path(run_dir) / "resume" / "latest"
-    if not latest.exists():
+    path = latest_resume(run_dir)
+    if path is None:
         return None
-    path = latest.parent / latest.read_text().strip()
     return load_tensors(path / "state.safetensors"), read_json(path / "state.json")
 
 

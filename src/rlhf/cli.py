@@ -6,15 +6,25 @@ exit status 2 - no traceback for mistakes the user can fix.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import re
+import shlex
 import sys
 from dataclasses import dataclass
 
 import tyro
 
 from rlhf import config as C
+from rlhf import run_dir, stop
 from rlhf.allocator import keep_freed_memory
 from rlhf.errors import UserError
+
+try:  # tyro >= 1.0: a hook sees each parse failure (a private module, hence the fallback in _tyro_cli)
+    from tyro._errors import on_parse_error as _on_parse_error
+except ImportError:  # pragma: no cover - older tyro
+    _on_parse_error = None
 
 
 @dataclass(frozen=True)
@@ -140,15 +150,82 @@ def parse(argv: list[str]):
     # One positional argument where a command has one (`rlhf data validate FILE`, `rlhf report RUN_DIR`).
     if name in POSITIONAL and rest and not rest[0].startswith("-"):
         rest = [POSITIONAL[name], rest[0], *rest[1:]]
-    cfg = tyro.cli(cmd.cfg, args=rest, default=default, prog=f"rlhf {name}", description=cmd.cfg.__doc__)
+    cfg = _tyro_cli(cmd.cfg, rest, default, f"rlhf {name}", cmd.cfg.__doc__)
     return name, cfg
+
+
+def _tyro_cli(cls: type, args: list[str], default, prog: str, description: str | None):
+    """tyro.cli, with a rejected command line as one `UserError` line.
+
+    tyro reports a value it cannot parse (`--batch-size 1e12` is not an integer), an unknown option or a bad
+    choice in a box of many lines on stderr, then exits 2; the CLI promises one line. tyro's parse-error hook
+    gives the exact message; where it is missing (another tyro) or does not know the event, the box's first
+    section is read back instead.
+    """
+    captured = io.StringIO()
+    hook = _on_parse_error(_one_line_parse_error) if _on_parse_error else contextlib.nullcontext()
+    try:
+        with contextlib.redirect_stderr(captured), hook:
+            cfg = tyro.cli(cls, args=args, default=default, prog=prog, description=description)
+    except SystemExit as e:
+        if e.code in (0, None):  # --help (printed on stdout)
+            sys.stderr.write(captured.getvalue())
+            raise
+        line = _box_first_section(captured.getvalue())
+        raise UserError(line or f"cannot parse the options; `{prog} --help` lists them") from None
+    sys.stderr.write(captured.getvalue())  # warnings while parsing stay visible
+    return cfg
+
+
+# Python's own words for a token int() / float() cannot read, as the CLI says them.
+_CONVERSION_ERRORS = (
+    (re.compile(r"invalid literal for int\(\) with base 10: (.*)"), "an integer"),
+    (re.compile(r"could not convert string to float: (.*)"), "a number"),
+)
+
+
+def _one_line_parse_error(event) -> None:
+    """tyro's parse-error hook: raise the failure as one `UserError` line; unknown events fall through."""
+    kind = type(event).__name__
+    names = getattr(getattr(getattr(event, "argument", None), "lowered", None), "name_or_flags", None)
+    flag = "/".join(names) if names else None
+    message = getattr(event, "message", None)
+    if kind == "InstantiationFailure" and flag and message:
+        for pattern, what in _CONVERSION_ERRORS:
+            found = pattern.fullmatch(message)
+            if found:
+                raise UserError(f"{flag} must be {what}, got {found.group(1)}")
+        raise UserError(f"{flag}: {message}")
+    if kind == "InvalidChoice" and flag:
+        raise UserError(f"{flag} must be one of {', '.join(event.choices)}, got {event.value!r}")
+    if kind == "UnrecognizedArgs":
+        raise UserError(
+            f"unknown option(s) {' '.join(event.tokens)}; `{event.prog} --help` lists the options"
+        )
+
+
+def _box_first_section(text: str) -> str:
+    """The first section of a tyro error box (its rows down to the first rule, borders removed) as one line."""
+    rows = []
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()[1:]:  # [0] is the top border with the title
+        body = line.strip().strip("│|").strip()
+        if not body or not body.strip("─-━╭╮╰╯+"):
+            break
+        rows.append(body)
+    return " ".join(rows)
 
 
 def run(argv: list[str]):
     """Parse and run one command; returns its summary dict."""
     name, cfg = parse(argv)
     module, func = COMMANDS[name].runner.split(":")
-    return getattr(importlib.import_module(module), func)(cfg)
+    done = False
+    try:
+        summary = getattr(importlib.import_module(module), func)(cfg)
+        done = True
+        return summary
+    finally:  # --overwrite: the replaced run goes only now, or comes back if this one failed before a checkpoint
+        run_dir.finish(done)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,11 +239,16 @@ def main(argv: list[str] | None = None) -> None:
         print(__version__)
         return
     keep_freed_memory()  # every command: steps reuse freed memory instead of faulting in fresh pages
+    stop.install()  # SIGTERM / SIGINT: a training loop finishes its step and writes a resume checkpoint
     try:
         run(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted; resume with --resume", file=sys.stderr)
-        sys.exit(130)
+    except stop.Stopped as e:
+        message = str(e)
+        if "resume checkpoint: " in message and not message.endswith("None"):
+            again = argv if "--resume" in argv else [*argv, "--resume"]
+            message += f"\ncontinue with: rlhf {shlex.join(again)}"
+        print(message, file=sys.stderr)
+        sys.exit(e.exit_code)

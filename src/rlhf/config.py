@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
+import math
 import os
 import re
 import time
@@ -44,6 +46,14 @@ class RunConfig:
     """Show a progress bar on long work."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where models run: 'auto' = a CUDA GPU when one is visible, else the CPU (under torchrun: GPU LOCAL_RANK)."""
+    overwrite: bool = False
+    """Replace the run already in --out (its files are kept aside until this run's first checkpoint exists);
+    without it, an --out holding another run's outputs is refused (use --resume to continue that run)."""
+
+    def __post_init__(self):
+        # Every command's config (and every one code builds) is checked here, before anything is derived from
+        # it: a 0 or -1 that a subclass would read as "auto" must be judged as the user gave it.
+        validate(self)
 
 
 @dataclass
@@ -282,6 +292,7 @@ class RewardConfig(TrainConfig):
         # response kept) scored within noise of 256 at ~0.55x the time.
         # The built-in GPT (from an SFT checkpoint): 1e-3 learned to check answers faster than 3e-4 on the
         # built-in task (held-out accuracy 0.738 vs 0.717 after 200 steps; 3e-3 was worse).
+        super().__post_init__()
         hf = self.model != "gpt"
         if self.optim.lr <= 0:
             self.optim.lr = 1e-4 if hf else 1e-3
@@ -398,10 +409,7 @@ class DPOConfig(TrainConfig):
     """Sampling temperature of those samples."""
 
     def __post_init__(self):
-        if not 0 <= self.label_smoothing < 0.5:
-            raise UserError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.beta <= 0:
-            raise UserError(f"--beta must be > 0, got {self.beta}")
+        super().__post_init__()  # --label-smoothing in [0, 0.5) and --beta > 0: OPTION_BOUNDS
 
 
 BUILTIN_REWARD_FNS = ("model", "length", "gold")
@@ -506,16 +514,9 @@ class PPOConfig(TrainConfig):
     """Continue from the newest resume checkpoint in --out."""
 
     def __post_init__(self):
+        super().__post_init__()  # the ranges of every option (OPTION_BOUNDS), before anything is derived
         if self.cliprange_high < 0:
             self.cliprange_high = self.cliprange
-        for name, value in (
-            ("--samples-per-prompt", self.samples_per_prompt),
-            ("--rollout-batch", self.rollout_batch),
-            ("--mini-batches", self.mini_batches),
-            ("--ppo-epochs", self.ppo_epochs),
-        ):
-            if value < 1:
-                raise UserError(f"{name} must be >= 1, got {value}")
         if self.advantage == "gae" and self.value_model == "none":
             raise UserError(
                 "--advantage gae needs a value model: use --value-model separate|shared, or "
@@ -750,6 +751,263 @@ class OverOptimizationConfig(ExperimentConfig):
     """PPO KL coefficient (small, so the policy travels far from the reference)."""
     reward: Path | None = None
     """Reuse this reward model (none = train one on length-biased pairs)."""
+
+
+# ------------------------------------------------------------------------------------------------ option bounds
+@dataclass(frozen=True)
+class Bound:
+    """The values one numeric option accepts: lo..hi, each end included unless `lo_open` / `hi_open`.
+
+    A float option must also be finite, whatever its bound: nan and inf pass every comparison a stage makes (or
+    fail them all) and surface much later as a crash or a silently broken run.
+    """
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def admits(self, x: float) -> bool:
+        above = x > self.lo if self.lo_open else x >= self.lo
+        below = x < self.hi if self.hi_open else x <= self.hi
+        return above and below
+
+    def describe(self) -> str:
+        """'>= 0', 'in (0, 1]', or '' for any (finite) value."""
+        if self.lo == -math.inf and self.hi == math.inf:
+            return ""
+        if self.hi == math.inf:
+            return f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        if self.lo == -math.inf:
+            return f"{'<' if self.hi_open else '<='} {_num(self.hi)}"
+        left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+        return f"in {left}{_num(self.lo)}, {_num(self.hi)}{right}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+# Caps on sizes and counts. Not limits of the method - limits past which a value can only be a typo (1e12): each
+# is far beyond any run this library makes, while the typo would try to allocate terabytes or loop for ever.
+STEPS = 1_000_000_000  # optimizer steps, episodes, intervals between logs/evaluations/checkpoints
+TOKENS = 131_072  # sequence lengths (KV caches, position embeddings and attention grow with them)
+BATCH = 65_536  # sequences in one batch, update or sampling round
+EXAMPLES = 1_000_000  # generated built-in examples / prompts (all held in memory at once)
+PASSES = 1e6  # epochs
+MAX_PARAMS = (
+    2_000_000_000  # a fresh --arch GPT: 8 GB of float32 weights, ~32 GB with gradients and AdamW state
+)
+
+# The bounds of every numeric option of every command, by field name, or 'Class.field' where one name means
+# different things (a subclass inherits its base's entries). "0 = auto/off" options include 0; caps on ints are
+# always finite (tests/test_option_fuzz.py fails for a numeric option without an entry here).
+OPTION_BOUNDS: dict[str, Bound] = {
+    # every command
+    "seed": Bound(0, 2**32 - 1),  # numpy's global seeding takes 32 bits
+    "threads": Bound(0, 1024),  # 0 = torch's default
+    # --task.*
+    "n_train": Bound(1, EXAMPLES),
+    "n_eval": Bound(0, EXAMPLES),
+    "label_noise": Bound(0, 1),  # a probability
+    "length_bias": Bound(0, 1e6),  # at 100, 1 byte of length already outweighs the whole gold score
+    # --optim.*
+    "lr": Bound(0, 1),  # 0 = auto for the reward model; AdamW moves each weight by ~lr per step
+    "weight_decay": Bound(0, 1e3),
+    "OptimConfig.betas": Bound(0, 1, hi_open=True),  # AdamW's moment decays
+    "warmup_steps": Bound(0, STEPS),
+    "min_lr_ratio": Bound(0, 1),
+    "grad_clip": Bound(0),  # 0 = off
+    "grad_accum": Bound(1, 4096),  # a step holds all its micro-batches
+    # LoRA
+    "lora_rank": Bound(0, 4096),  # 0 = off
+    "lora_alpha": Bound(0, 1e5),  # 0 = 2 x rank
+    # --arch.* (a fresh built-in GPT; see also MAX_PARAMS)
+    "vocab_size": Bound(1, 1 << 20),
+    "block_size": Bound(1, TOKENS),
+    "n_layer": Bound(1, 1024),
+    "n_head": Bound(1, 1024),
+    "n_embd": Bound(1, 65_536),
+    "dropout": Bound(0, 1, hi_open=True),
+    # data and the training loop
+    "data_weights": Bound(0, lo_open=True),
+    "batch_size": Bound(1, BATCH),
+    "epochs": Bound(0, PASSES),  # 0 = auto for the reward model; one step at least elsewhere
+    "max_steps": Bound(0, STEPS),  # 0 = use epochs
+    "max_length": Bound(0, TOKENS),  # 0 = auto (reward, reward eval, dpo)
+    "SFTConfig.max_length": Bound(1, TOKENS),
+    "DataValidateConfig.max_length": Bound(1, TOKENS),
+    "eval_fraction": Bound(0, 1, hi_open=True),  # 1 would hold out everything
+    "eval_every": Bound(1, STEPS),
+    "log_every": Bound(1, STEPS),
+    "save_every": Bound(0, STEPS),  # 0 = never
+    "gold_samples": Bound(0, EXAMPLES),  # 0 = skip
+    "max_new_tokens": Bound(1, TOKENS),
+    # sampling
+    "SampleConfig.n": Bound(1, BATCH),
+    "temperature": Bound(0),  # 0 = greedy where only samples are drawn (sample, dpo's gold samples)
+    "PPOConfig.temperature": Bound(0, lo_open=True),  # log-probs are recomputed at it: logits / temperature
+    "CompareConfig.temperature": Bound(0, lo_open=True),  # (the same, for the KL of each policy)
+    "top_k": Bound(0, 1 << 20),  # 0 = all
+    "top_p": Bound(0, 1, lo_open=True),  # 0 would keep no token at all
+    # reward model
+    "label_smoothing": Bound(0, 0.5, hi_open=True),  # 0.5 = the labels carry no information
+    "center_rewards": Bound(0),
+    "n_bins": Bound(1, 1000),
+    # dpo
+    "beta": Bound(0, lo_open=True),
+    "simpo_gamma": Bound(0),
+    "rpo_alpha": Bound(0),  # 0 = off
+    # on-policy RL
+    "reward_weights": Bound(),  # a negative weight makes a source a penalty
+    "samples_per_prompt": Bound(1, 4096),
+    "episodes": Bound(1, STEPS),
+    "ExperimentConfig.episodes": Bound(0, STEPS),  # 0 = the setting's
+    "rollout_batch": Bound(1, BATCH),
+    "mini_batches": Bound(1, BATCH),
+    "ppo_epochs": Bound(1, 1000),
+    "response_length": Bound(1, TOKENS),
+    "max_prompt_length": Bound(1, TOKENS),
+    "value_lr_mult": Bound(0, 1e3),
+    "kl_coef": Bound(0),  # 0 = no KL, no reference model
+    "kl_target": Bound(0),  # 0 = fixed beta
+    "kl_horizon": Bound(1, STEPS),
+    "gamma": Bound(0, 1),
+    "lam": Bound(0, 1),
+    "cliprange": Bound(0),
+    "cliprange_high": Bound(),  # negative = --cliprange
+    "cliprange_value": Bound(0),
+    "vf_coef": Bound(0),
+    "entropy_coef": Bound(0),  # 0 = off
+    "reward_clip": Bound(0),  # 0 = off
+    "missing_eos_penalty": Bound(),  # 0 = off
+    # compare
+    "n_prompts": Bound(1, EXAMPLES),
+    "bootstrap": Bound(1, 100_000),  # one (resamples x prompts) index tensor
+    # demo
+    "sft_epochs": Bound(0, PASSES),
+    "sft_lr": Bound(0, 1),
+    "rm_pairs": Bound(1, EXAMPLES),
+    "rm_epochs": Bound(0, PASSES),  # 0 = auto
+    "ppo_lr": Bound(0, 1),
+    "compare_prompts": Bound(1, EXAMPLES),
+    # experiments
+    "ExperimentConfig.betas": Bound(0),  # KL coefficients
+    "helpful_weight": Bound(),
+    "concise_weight": Bound(),
+}
+
+
+def bound_for(cls: type, name: str) -> Bound | None:
+    """The declared bound of field `name` of dataclass `cls` ('Class.field' along the MRO first), or None."""
+    for klass in cls.__mro__:
+        found = OPTION_BOUNDS.get(f"{klass.__name__}.{name}")
+        if found is not None:
+            return found
+    return OPTION_BOUNDS.get(name)
+
+
+def numeric_kind(hint) -> tuple[type, bool] | None:
+    """(int or float, whether the option takes several values) for a numeric field's type, else None.
+
+    Covers int, float, their Optional forms, and tuples / lists of them (`--optim.betas 0.9 0.95`)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return numeric_kind(inner[0]) if len(inner) == 1 else None
+    if origin in (tuple, list):
+        kinds = {numeric_kind(a) for a in args if a is not Ellipsis}
+        return (kinds.pop()[0], True) if len(kinds) == 1 and None not in kinds else None
+    return (hint, False) if hint in (int, float) else None
+
+
+@functools.cache
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def flag_name(path: str) -> str:
+    """The command-line spelling of a field path: 'optim.grad_accum' -> '--optim.grad-accum'."""
+    return "--" + path.replace("_", "-")
+
+
+def validate(cfg, prefix: str = "") -> None:
+    """Raise a one-line `UserError` naming the option unless every numeric option of `cfg` is in its bound
+    (OPTION_BOUNDS; floats finite) and the options agree with each other. Walks nested configs (--optim.*, ...).
+
+    Every command config calls it from `__post_init__`, so the CLI, config files and code that builds configs
+    directly all get the same checks."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{prefix}{f.name}.")
+            continue
+        kind = numeric_kind(hints[f.name])
+        if kind is None or value is None:
+            continue
+        number, several = kind
+        bound = bound_for(type(cfg), f.name) or Bound()  # undeclared: finite only (and the fuzz test fails)
+        values = list(value) if several else [value]
+        if all(_admits(number, bound, v) for v in values):
+            continue
+        rule = f"{'an integer' if number is int else 'a finite number'} {bound.describe()}".rstrip()
+        each, shown = (" each", list(value)) if several else ("", value)
+        raise UserError(f"{flag_name(prefix + f.name)} must{each} be {rule}, got {shown!r}")
+    if isinstance(cfg, GPTConfig):
+        _check_arch(cfg, prefix)
+    if not prefix:
+        _check_relations(cfg)
+
+
+def _admits(number: type, bound: Bound, v) -> bool:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    if number is int and not float(v).is_integer():
+        return False
+    return math.isfinite(v) and bound.admits(v)
+
+
+def _check_arch(arch: GPTConfig, prefix: str) -> None:
+    """A fresh GPT's shape: heads split the width evenly, and the whole fits in memory."""
+    if arch.n_embd % arch.n_head:
+        raise UserError(
+            f"{flag_name(prefix + 'n_embd')} {arch.n_embd} must be a multiple of {flag_name(prefix + 'n_head')} "
+            f"{arch.n_head} (each head gets an equal share of the width)"
+        )
+    params = arch.n_layer * 12 * arch.n_embd**2 + (arch.vocab_size + arch.block_size) * arch.n_embd
+    if params > MAX_PARAMS:
+        raise UserError(
+            f"{flag_name(prefix + 'n_layer')} {arch.n_layer} x {flag_name(prefix + 'n_embd')} {arch.n_embd} is a "
+            f"GPT of ~{params / 1e9:.0f}B parameters; at most {MAX_PARAMS / 1e9:.0f}B"
+        )
+
+
+def _check_relations(cfg) -> None:
+    """Options that are each in range but cannot go together (a stage would fail on them much later)."""
+    weights, data = getattr(cfg, "data_weights", None), getattr(cfg, "data", None)
+    if weights and isinstance(data, list) and len(weights) != len(data):
+        raise UserError(
+            f"--data-weights has {len(weights)} value(s) but --data names {len(data)} file(s); give one weight per "
+            "file"
+        )
+    max_length, new = getattr(cfg, "max_length", 0), getattr(cfg, "max_new_tokens", None)
+    if new is not None and getattr(cfg, "gold_samples", 0) > 0 and max_length > 0 and new > max_length - 2:
+        # The gold-score samples' prompts get max_length - max_new_tokens tokens: BOS and at least one more.
+        raise UserError(
+            f"--max-new-tokens {new} leaves no room for a prompt in --max-length {max_length} (the gold-score "
+            "samples; --gold-samples 0 skips them)"
+        )
+    if (
+        isinstance(cfg, SFTConfig)
+        and cfg.model == "gpt"
+        and cfg.init is None
+        and max_length > cfg.arch.block_size
+    ):
+        raise UserError(
+            f"--max-length {max_length} exceeds --arch.block-size {cfg.arch.block_size}: a fresh GPT reads at most "
+            "block-size tokens"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ config files

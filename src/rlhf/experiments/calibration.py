@@ -98,12 +98,14 @@ def run(cfg: CalibrationConfig) -> dict:
         "Mean rewards and margin: training vs unseen pairs",
         ["reward of chosen", "reward of rejected", "margin"],
         {r["pairs"]: [r["reward_chosen"], r["reward_rejected"], r["margin"]] for r in runs},
+        ylabel="mean reward-model score",
     )
     bar_plot(
         plots_dir / "accuracy_ece.png",
         "Accuracy and ECE: training vs unseen pairs",
         ["accuracy", "ECE"],
         {r["pairs"]: [r["accuracy"], r["ece"]] for r in runs},
+        ylabel="fraction (accuracy and ECE, both in [0, 1])",
     )
     reliability_plot(
         plots_dir / "reliability.png",

@@ -283,8 +283,9 @@ def line_plot(
     return _save(fig, plt, path)
 
 
-def bar_plot(path: Path, title: str, groups: list[str], bars: dict[str, list[float]]) -> Path:
-    """Grouped bars: one group per entry of `groups`, one bar per key of `bars` (label -> value per group)."""
+def bar_plot(path: Path, title: str, groups: list[str], bars: dict[str, list[float]], *, ylabel: str) -> Path:
+    """Grouped bars: one group per entry of `groups`, one bar per key of `bars` (label -> value per group).
+    `ylabel` says what the bars measure, with its unit (a bar chart without one cannot be read)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     width = 0.8 / max(1, len(bars))
@@ -294,6 +295,7 @@ def bar_plot(path: Path, title: str, groups: list[str], bars: dict[str, list[flo
         for x, v in zip(xs, vals):
             ax.annotate(f"{v:.3f}", (x, v), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)

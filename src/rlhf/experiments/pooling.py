@@ -55,12 +55,13 @@ def run(cfg: PoolingConfig) -> dict:
         "Held-out accuracy and ECE by pooling",
         [r["pooling"] for r in runs],
         {"accuracy": [r["accuracy"] for r in runs], "ECE": [r["ece"] for r in runs]},
+        ylabel="fraction (accuracy and ECE, both in [0, 1])",
     )
     line_plot(
         plots_dir / "eval_accuracy.png",
         "Held-out accuracy during training",
-        "step",
-        "accuracy",
+        "optimiser step",
+        "accuracy (fraction of held-out pairs)",
         [(f"{p} pooling", *series(rows, "eval/accuracy", x="step")) for p, rows in rows_by.items()],
     )
     reliability_plot(plots_dir / "reliability.png", "Reliability on held-out pairs", reliability)

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from rlhf import run_dir, stop
 from rlhf.allocator import keep_freed_memory
 from rlhf.checkpoint import (
+    latest_resume,
     load_optimizer_state,
     load_resume,
     optimizer_state,
@@ -32,7 +35,8 @@ from rlhf.config import OptimConfig, RunConfig, TrainConfig
 from rlhf.data.collate import encode_prompt, pad
 from rlhf.data.tokenizer import Tokenizer
 from rlhf.distributed import init as init_distributed
-from rlhf.distributed import is_main
+from rlhf.distributed import is_main, share
+from rlhf.errors import UserError
 from rlhf.generation import sample
 from rlhf.models.build import load_state
 
@@ -51,7 +55,16 @@ def setup_run(cfg: RunConfig) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # One run per directory (rlhf.run_dir); rank 0 decides and moves files, every rank gets its verdict.
+    refusal = None
+    if is_main():
+        try:
+            run_dir.claim(out, resume=getattr(cfg, "resume", False), overwrite=cfg.overwrite)
+        except UserError as e:
+            refusal = str(e)
+    refusal = share(refusal)
+    if refusal:
+        raise UserError(refusal)
     return out
 
 
@@ -204,6 +217,30 @@ def save_training_state(
         t, meta["optim"][name] = optimizer_state(opt, f"optim.{name}")
         tensors.update(t)
     save_resume(out, step, tensors, meta)
+
+
+def end_of_step(name: str, out: Path, step: int, total: int, save_every: int, save_state: Callable[[], None]):
+    """After optimizer step `step` of `total`: the periodic resume checkpoint, and - when SIGTERM / SIGINT asked the
+    run to stop (rlhf.stop) - one now, then `stop.Stopped` naming it. Call it on every rank (rank 0 saves)."""
+    signum = stop.requested()
+    if (signum or (save_every and step % save_every == 0 and step < total)) and is_main():
+        save_state()
+    if signum:
+        raise stop.Stopped(
+            signum,
+            f"{name}: stopped by {stop.name(signum)} after step {step} of {total}; resume checkpoint: "
+            f"{latest_resume(out)}",
+        )
+
+
+def non_finite(name: str, what: str, step: int, out: Path) -> UserError:
+    """The one-line error that stops a diverged run, before its optimizer step: nothing of it was applied."""
+    last = latest_resume(out)
+    where = str(last) if last else "none yet - --save-every N writes one every N steps"
+    return UserError(
+        f"{name}: non-finite {what} at step {step} (last good checkpoint: {where}); lower --optim.lr or check "
+        "the data and rewards for extreme values - nothing of this step was applied and no weights were saved"
+    )
 
 
 def restore_training_state(

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from rlhf import stop
 from rlhf.checkpoint import write_json
 from rlhf.config import PPOConfig
 from rlhf.data.collate import encode_prompt
@@ -54,6 +55,7 @@ from rlhf.stages.common import (
     adapt_for_training,
     autocast,
     config_dict,
+    end_of_step,
     lr_factor,
     make_optimizer,
     progress,
@@ -193,131 +195,143 @@ def train_ppo(cfg: PPOConfig) -> dict:
     timing = {"generation": 0.0, "scoring": 0.0, "update": 0.0}
     kl_history, warned = [], set()
     t_loop = time.time()
-    while update < n_updates:
-        t0 = time.time()
-        lr = cfg.optim.lr * lr_factor(update, n_updates, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
-        set_lr(opt, lr)
-        idx, _ = shard(prompt_batch(update))  # this rank's prompts of the global rollout batch
+    with stop.graceful():  # SIGTERM / SIGINT: finish the update, write a resume checkpoint, stop
+        while update < n_updates:
+            t0 = time.time()
+            lr = cfg.optim.lr * lr_factor(update, n_updates, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
+            set_lr(opt, lr)
+            idx, _ = shard(prompt_batch(update))  # this rank's prompts of the global rollout batch
 
-        # 6. Rollout [D1, D4, D6, D7]: G completions per prompt, log-probs (policy, reference) at the sampling
-        #    temperature, values, scores. One stream per (seed, update, rank): ranks sample independently.
-        gen = torch.Generator(device=dev).manual_seed((cfg.seed * 1_000_003 + update) * world() + rank())
-        exp = rollout(
-            model,
-            ref,
-            scorer,
-            tok,
-            [pool[i] for i in idx],
-            [enc_prompts[i][0] for i in idx],
-            {k: [v[i] for i in idx] for k, v in columns.items()},
-            cfg,
-            gen,
-            forward_context,
-            keep_graph,
-        )
-        r_mask = exp.response_mask
-
-        # 7. Rewards [D5, D8, D9]: missing-EOS penalty on the score; per-token KL (estimator of choice) as a
-        #    penalty in the reward (--kl-in reward) or left for the loss (--kl-in loss); the score on the last token.
-        scores = missing_eos_penalty(exp.scores, exp.finished, cfg.missing_eos_penalty)
-        if exp.ref_logprobs is not None:
-            kl = kl_penalty(exp.logprobs, exp.ref_logprobs, cfg.kl_estimator) * r_mask
-        else:
-            kl = torch.zeros_like(exp.logprobs)
-        beta_in_reward = kl_ctl.value if cfg.kl_in == "reward" else 0.0
-        rewards, non_score = per_token_rewards(scores, kl, r_mask, beta_in_reward)
-        if cfg.whiten_rewards:
-            rewards = masked_whiten(rewards, r_mask, shift_mean=False, all_reduce=reduce)
-
-        # 8. Advantages [D11, D13]: GAE + whitening, GRPO / RLOO within each prompt's group, or REINFORCE++
-        #    (rlhf.rl.ADVANTAGES; under torchrun, batch statistics over every rank's tokens).
-        advantages, returns = ADVANTAGES[cfg.advantage](
-            rewards,
-            r_mask,
-            exp.values,
-            group_size=G,
-            gamma=cfg.gamma,
-            lam=cfg.lam,
-            scale_rewards=cfg.scale_rewards,
-            all_reduce=reduce,
-        )
-
-        # 9. Update [D14-D16]: epochs x minibatches x micro-batches of the clipped surrogate (+ value loss).
-        model.train()
-        stats = ppo_update(train_model, opt, exp, advantages, returns, cfg, update, kl_ctl.value)
-        exp.graph = None
-        t3 = time.time()
-
-        # 10. KL controller, metrics, warnings, resume checkpoint.
-        mean_kl = float(all_reduce_mean(kl.sum(1).mean()))  # over the global batch: ranks' shards are equal
-        kl_history.append(mean_kl)
-        kl_ctl.update(mean_kl, cfg.rollout_batch)
-        update += 1
-        timing["generation"] += exp.seconds["generation"]
-        timing["scoring"] += exp.seconds["scoring"]
-        timing["update"] += t3 - t0 - exp.seconds["generation"] - exp.seconds["scoring"]
-        zero_std = (
-            float(torch.isclose(scores.view(-1, G).std(1), torch.zeros(())).float().mean()) if G > 1 else 0.0
-        )
-        truncated = float((~exp.finished).float().mean())
-        if is_main():
-            warn_once(warned, "zero_std", zero_std > 0.5,
-                      f"{cfg.advantage}: more than half the groups of update {update} got the same score for every "
-                      "completion (their score teaches nothing); raise --samples-per-prompt or "
-                      "--temperature, or use a reward with finer grades")  # fmt: skip
-            warn_once(warned, "truncated", truncated > 0.5,
-                      f"{cfg.advantage}: more than half the completions of update {update} hit "
-                      f"--response-length {cfg.response_length} without EOS; raise --response-length (or use "
-                      "--mask-truncated / --missing-eos-penalty)")  # fmt: skip
-        if update % cfg.log_every == 0 or update == n_updates:
-            row = {
-                "episode": update * cfg.rollout_batch,
-                "objective/kl": mean_kl,
-                "objective/kl_coef": float(kl_ctl.value),
-                "objective/entropy": float((-exp.logprobs * r_mask).sum(1).mean()),
-                "policy/entropy_avg": float(masked_mean(exp.entropy, r_mask)),
-                "objective/scores": float(exp.scores.mean()),
-                "objective/non_score_reward": float(non_score.sum(1).mean()),
-                "objective/rlhf_reward": float(scores.mean() + non_score.sum(1).mean()),
-                "kl": float(masked_mean(kl, r_mask)),
-                "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,  # over the batch, as TRL
-                "val/num_eos_tokens": int(exp.finished.sum()),
-                "completions/mean_length": float(r_mask.sum(1).float().mean()),
-                "completions/max_length": int(r_mask.sum(1).max()),
-                "completions/clipped_ratio": truncated,
-                "tokens/real": int(exp.mask.sum()),
-                "lr": lr,
-                "eps": cfg.rollout_batch / (t3 - t0),
-                **stats,
-                "time/generation": exp.seconds["generation"],
-                "time/scoring": exp.seconds["scoring"],
-                "time/update": t3 - t0 - exp.seconds["generation"] - exp.seconds["scoring"],
-            }
-            if G > 1:
-                row["frac_reward_zero_std"] = zero_std
-            if returns is not None:
-                row["val/explained_variance"] = float(explained_variance(exp.values, returns, r_mask))
-            if exp.gold:
-                row["gold/score"] = sum(exp.gold) / len(exp.gold)
-            if len(exp.score_parts) > 1 or cfg.reward_weights:  # each source's mean score, before weighting
-                row |= {f"objective/scores_{i}": float(p.mean()) for i, p in enumerate(exp.score_parts)}
-            row = reduce_metrics(
-                row, sums=("val/num_eos_tokens", "tokens/real")
-            )  # means over ranks, counts summed
-            metrics.log(update, **row)
-            bar.set_postfix(
-                kl=f"{mean_kl:.2f}",
-                score=f"{row['objective/scores']:.2f}",
-                gold=f"{row.get('gold/score', float('nan')):.2f}",
+            # 6. Rollout [D1, D4, D6, D7]: G completions per prompt, log-probs (policy, reference) at the sampling
+            #    temperature, values, scores. One stream per (seed, update, rank): ranks sample independently.
+            gen = torch.Generator(device=dev).manual_seed((cfg.seed * 1_000_003 + update) * world() + rank())
+            exp = rollout(
+                model,
+                ref,
+                scorer,
+                tok,
+                [pool[i] for i in idx],
+                [enc_prompts[i][0] for i in idx],
+                {k: [v[i] for i in idx] for k, v in columns.items()},
+                cfg,
+                gen,
+                forward_context,
+                keep_graph,
             )
-        bar.update(1)
-        if cfg.save_every and update % cfg.save_every == 0 and update < n_updates and is_main():
-            save_training_state(
-                out, update, {"policy_value": model}, {"policy_value": opt}, {"kl_ctl": kl_ctl.state_dict()}
+            r_mask = exp.response_mask
+
+            # 7. Rewards [D5, D8, D9]: missing-EOS penalty on the score; per-token KL (estimator of choice) as a
+            #    penalty in the reward (--kl-in reward) or left for the loss (--kl-in loss); the score on the last token.
+            scores = missing_eos_penalty(exp.scores, exp.finished, cfg.missing_eos_penalty)
+            if exp.ref_logprobs is not None:
+                kl = kl_penalty(exp.logprobs, exp.ref_logprobs, cfg.kl_estimator) * r_mask
+            else:
+                kl = torch.zeros_like(exp.logprobs)
+            beta_in_reward = kl_ctl.value if cfg.kl_in == "reward" else 0.0
+            rewards, non_score = per_token_rewards(scores, kl, r_mask, beta_in_reward)
+            if cfg.whiten_rewards:
+                rewards = masked_whiten(rewards, r_mask, shift_mean=False, all_reduce=reduce)
+
+            # 8. Advantages [D11, D13]: GAE + whitening, GRPO / RLOO within each prompt's group, or REINFORCE++
+            #    (rlhf.rl.ADVANTAGES; under torchrun, batch statistics over every rank's tokens).
+            advantages, returns = ADVANTAGES[cfg.advantage](
+                rewards,
+                r_mask,
+                exp.values,
+                group_size=G,
+                gamma=cfg.gamma,
+                lam=cfg.lam,
+                scale_rewards=cfg.scale_rewards,
+                all_reduce=reduce,
+            )
+
+            # 9. Update [D14-D16]: epochs x minibatches x micro-batches of the clipped surrogate (+ value loss).
+            model.train()
+            stats = ppo_update(train_model, opt, exp, advantages, returns, cfg, update, kl_ctl.value)
+            exp.graph = None
+            t3 = time.time()
+
+            # 10. KL controller, metrics, warnings, resume checkpoint.
+            mean_kl = float(
+                all_reduce_mean(kl.sum(1).mean())
+            )  # over the global batch: ranks' shards are equal
+            kl_history.append(mean_kl)
+            kl_ctl.update(mean_kl, cfg.rollout_batch)
+            update += 1
+            timing["generation"] += exp.seconds["generation"]
+            timing["scoring"] += exp.seconds["scoring"]
+            timing["update"] += t3 - t0 - exp.seconds["generation"] - exp.seconds["scoring"]
+            zero_std = (
+                float(torch.isclose(scores.view(-1, G).std(1), torch.zeros(())).float().mean())
+                if G > 1
+                else 0.0
+            )
+            truncated = float((~exp.finished).float().mean())
+            if is_main():
+                warn_once(warned, "zero_std", zero_std > 0.5,
+                          f"{cfg.advantage}: more than half the groups of update {update} got the same score for every "
+                          "completion (their score teaches nothing); raise --samples-per-prompt or "
+                          "--temperature, or use a reward with finer grades")  # fmt: skip
+                warn_once(warned, "truncated", truncated > 0.5,
+                          f"{cfg.advantage}: more than half the completions of update {update} hit "
+                          f"--response-length {cfg.response_length} without EOS; raise --response-length (or use "
+                          "--mask-truncated / --missing-eos-penalty)")  # fmt: skip
+            if update % cfg.log_every == 0 or update == n_updates:
+                row = {
+                    "episode": update * cfg.rollout_batch,
+                    "objective/kl": mean_kl,
+                    "objective/kl_coef": float(kl_ctl.value),
+                    "objective/entropy": float((-exp.logprobs * r_mask).sum(1).mean()),
+                    "policy/entropy_avg": float(masked_mean(exp.entropy, r_mask)),
+                    "objective/scores": float(exp.scores.mean()),
+                    "objective/non_score_reward": float(non_score.sum(1).mean()),
+                    "objective/rlhf_reward": float(scores.mean() + non_score.sum(1).mean()),
+                    "kl": float(masked_mean(kl, r_mask)),
+                    "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,  # over the batch, as TRL
+                    "val/num_eos_tokens": int(exp.finished.sum()),
+                    "completions/mean_length": float(r_mask.sum(1).float().mean()),
+                    "completions/max_length": int(r_mask.sum(1).max()),
+                    "completions/clipped_ratio": truncated,
+                    "tokens/real": int(exp.mask.sum()),
+                    "lr": lr,
+                    "eps": cfg.rollout_batch / (t3 - t0),
+                    **stats,
+                    "time/generation": exp.seconds["generation"],
+                    "time/scoring": exp.seconds["scoring"],
+                    "time/update": t3 - t0 - exp.seconds["generation"] - exp.seconds["scoring"],
+                }
+                if G > 1:
+                    row["frac_reward_zero_std"] = zero_std
+                if returns is not None:
+                    row["val/explained_variance"] = float(explained_variance(exp.values, returns, r_mask))
+                if exp.gold:
+                    row["gold/score"] = sum(exp.gold) / len(exp.gold)
+                if (
+                    len(exp.score_parts) > 1 or cfg.reward_weights
+                ):  # each source's mean score, before weighting
+                    row |= {f"objective/scores_{i}": float(p.mean()) for i, p in enumerate(exp.score_parts)}
+                row = reduce_metrics(
+                    row, sums=("val/num_eos_tokens", "tokens/real")
+                )  # means over ranks, counts summed
+                metrics.log(update, **row)
+                bar.set_postfix(
+                    kl=f"{mean_kl:.2f}",
+                    score=f"{row['objective/scores']:.2f}",
+                    gold=f"{row.get('gold/score', float('nan')):.2f}",
+                )
+            bar.update(1)
+            end_of_step(
+                cfg.advantage,
+                out,
+                update,
+                n_updates,
+                cfg.save_every,
+                lambda u=update: save_training_state(
+                    out, u, {"policy_value": model}, {"policy_value": opt}, {"kl_ctl": kl_ctl.state_dict()}
+                ),
             )
     loop_seconds = time.time() - t_loop
     bar.close()
-    metrics.close()
     seconds = time.time() - t_start
     if not is_main():  # rank 0 saves; the other ranks wait for its summary
         return share(None)

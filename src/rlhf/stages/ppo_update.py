@@ -16,7 +16,6 @@ import torch
 from rlhf.concurrent import run_concurrently
 from rlhf.config import PPOConfig
 from rlhf.distributed import all_reduce_sum, world
-from rlhf.errors import UserError
 from rlhf.models.policy_value import PolicyValue
 from rlhf.rl import (
     aggregate_loss,
@@ -30,7 +29,7 @@ from rlhf.rl import (
     ppo_value_loss,
 )
 from rlhf.rollout import Experience
-from rlhf.stages.common import autocast, clip_grads
+from rlhf.stages.common import autocast, clip_grads, non_finite
 
 
 def loss_mask(exp: Experience, mask_truncated: bool) -> torch.Tensor:
@@ -94,11 +93,9 @@ def ppo_update(
             if world() > 1:  # every process stops together (a lone stop would leave the others waiting)
                 bad = bad or (["other process's"] if float(all_reduce_sum(float(bool(bad)))) else [])
             if bad:  # checked before the step: the weights stay finite
-                raise UserError(
-                    f"update {update + 1}: the {bad[0]} loss is not finite ({parts.get(bad[0])}); nothing of this "
-                    "update was applied, and the last resume checkpoint in --out stays loadable. Lower "
-                    "--optim.lr, or check the scale of the rewards (--reward-clip clips reward models only)"
-                )
+                stage = "ppo" if cfg.advantage == "gae" else cfg.advantage
+                what = {"pg": "policy loss", "vf": "value loss", "kl": "KL loss"}.get(bad[0], "loss")
+                raise non_finite(stage, f"{what} ({parts.get(bad[0])})", update + 1, cfg.out)
             for k, v in parts.items():
                 acc[k].append(v)
             # The norm is not logged here: without clipping, it is not computed.

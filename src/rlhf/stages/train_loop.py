@@ -18,6 +18,7 @@ stage counts "tokens", tokens_per_s.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,12 +26,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from rlhf import stop
 from rlhf.config import TrainConfig
 from rlhf.distributed import all_reduce_sum, is_main, no_sync, shard, world, wrap_ddp
 from rlhf.metrics import MetricsWriter
 from rlhf.stages.common import (
     clip_grads,
+    end_of_step,
     lr_factor,
+    non_finite,
     progress,
     restore_training_state,
     save_training_state,
@@ -48,6 +52,7 @@ class Step:
         self.batches = batches
         self.total = 1.0  # the step's global weight; the stage sets it before its first backward
         self.sums: dict[str, float] = {}
+        self.finite = True  # every micro-batch's loss so far
         self._train_model = train_model
 
     def shards(self) -> Iterator[tuple[list, int]]:
@@ -64,6 +69,7 @@ class Step:
         """Backward of this micro-batch's summed loss over the step's total weight (x world(): DDP averages the
         processes' gradients, which must add up instead); `stats` (sums) are added to the step's."""
         (loss_sum * (real * world()) / self.total).backward()
+        self.finite = self.finite and bool(torch.isfinite(loss_sum.detach()).all())
         self.add(real, **stats)
 
     def add(self, real: int = 1, **stats: float) -> None:
@@ -115,6 +121,13 @@ class TrainLoop:
         self.train_model = wrap_ddp(model, method=ddp_method)
 
     def __iter__(self) -> Iterator[Step]:
+        with stop.graceful():  # SIGTERM / SIGINT: finish the step, write a resume checkpoint, stop
+            try:
+                yield from self._steps()
+            finally:  # also when a stop or a non-finite loss ends the run: metrics.jsonl is complete
+                self.metrics.close()
+
+    def _steps(self) -> Iterator[Step]:
         cfg = self.cfg
         bar = progress(self.total_steps, self.name, cfg.progress, initial=self.step)
         tokens_seen, t_loop = 0.0, time.time()
@@ -130,6 +143,14 @@ class TrainLoop:
             yield step  # the stage: forward, loss, backward for each micro-batch
 
             grad_norm = clip_grads(self.model, cfg.optim.grad_clip)
+            # A diverged step stops the run before the optimizer applies it: the weights stay finite, and the
+            # last resume checkpoint stays the last good one. Every process decides alike (a lone stop would
+            # leave the others waiting in the next all-reduce); the gradient norm is the same on every process.
+            bad_loss = not step.finite
+            if world() > 1:
+                bad_loss = bool(all_reduce_sum(float(bad_loss)))
+            if bad_loss or not math.isfinite(grad_norm):
+                raise non_finite(self.name, "loss" if bad_loss else "gradient norm", self.step + 1, self.out)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             self.step += 1
@@ -154,14 +175,14 @@ class TrainLoop:
                 shown = next((k for k in ("eval/accuracy", "loss") if k in row), None)
                 if shown:
                     bar.set_postfix({shown.replace("eval/", "eval_"): f"{row[shown]:.3f}"})
-            if (
-                cfg.save_every
-                and self.step % cfg.save_every == 0
-                and self.step < self.total_steps
-                and is_main()
-            ):
-                save_training_state(
+            end_of_step(
+                self.name,
+                self.out,
+                self.step,
+                self.total_steps,
+                cfg.save_every,
+                lambda: save_training_state(
                     self.out, self.step, {self.state_name: self.model}, {self.state_name: self.opt}
-                )
+                ),
+            )
         bar.close()
-        self.metrics.close()
