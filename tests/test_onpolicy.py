@@ -315,7 +315,8 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(
                   "--reward-fn", f"{reward_file}:huge_from_the_third_call", "--out", str(out)])  # fmt: skip
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ppo: non-finite value loss (inf) at step 3 (last good checkpoint: "), err[-1]
+    expected = "error: ppo: non-finite value loss (inf) at step 3 (last good checkpoint: "
+    assert err[-1].startswith(expected), err[-1]
     assert not (out / "model.safetensors").exists()
     assert (out / "resume" / "latest").read_text().strip() == "step-0000002"
     cfg = PPOConfig(sft=tiny_sft, reward=tiny_reward)

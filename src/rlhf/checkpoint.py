@@ -45,7 +45,8 @@ def _umask() -> int:
     return mask
 
 
-FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; read once, at import (umask is process-wide)
+# What open() would give a new file; read once, at import (the umask is process-wide).
+FILE_MODE = 0o666 & ~_umask()
 
 
 def fsync_dir(directory: Path) -> None:

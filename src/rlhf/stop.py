@@ -76,6 +76,8 @@ def requested() -> int | None:
     at the same point of every step), or None."""
     if world() > 1:
         # How many ranks got each signal; any rank's request stops every rank (SIGTERM wins if both came).
-        counts = all_reduce_sum(torch.tensor([float(_requested == s) for s in EXIT_CODES], dtype=torch.float64))
+        counts = all_reduce_sum(
+            torch.tensor([float(_requested == s) for s in EXIT_CODES], dtype=torch.float64)
+        )
         return next((s for s, c in zip(EXIT_CODES, counts.tolist()) if c > 0), None)
     return _requested
