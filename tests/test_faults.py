@@ -137,7 +137,7 @@ def test_a_signal_stops_after_the_step_and_resume_equals_a_straight_run(
     command, sig, tiny_sft, tiny_reward, tmp_path
 ):
     if command == "sft":
-        argv = ["sft", *TINY_SFT, "--max-steps", "400", "--log-every", "1", "--eval-every", "1000"]
+        argv = ["sft", *TINY_SFT, "--max-steps", "120", "--log-every", "1", "--eval-every", "1000"]
     else:
         argv = ["ppo", "--sft", str(tiny_sft), "--reward", str(tiny_reward), *RL, "--episodes", "64",
                 "--log-every", "1"]  # fmt: skip
@@ -171,6 +171,53 @@ def test_a_signal_stops_after_the_step_and_resume_equals_a_straight_run(
         return [{k: v for k, v in r.items() if k not in timing} for r in rows]
 
     assert same(read_metrics(stopped / "metrics.jsonl")) == same(read_metrics(straight / "metrics.jsonl"))
+
+
+def test_under_torchrun_every_process_stops_after_the_same_step_and_resume_equals_a_straight_run(tmp_path):
+    """SIGTERM to torchrun (as a scheduler sends it): torchrun passes it to both workers, they agree on the step,
+    rank 0 writes the resume checkpoint; resuming under torchrun gives a straight 2-process run's weights."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    args = ["sft", "--arch.n-layer", "1", "--arch.n-embd", "32", "--arch.n-head", "2", "--task.n-train", "64",
+            "--task.n-eval", "8", "--gold-samples", "4", "--max-new-tokens", "4", "--max-length", "64",
+            "--max-steps", "60", "--log-every", "1", "--eval-every", "1000", "--no-progress", "--threads", "1",
+            "--device", "cpu"]  # fmt: skip
+
+    def launch(out: Path, *extra: str) -> subprocess.Popen:
+        cmd = [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "rlhf",
+            *args,
+            "--out",
+            str(out),
+            *extra,
+        ]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    straight = launch(tmp_path / "straight")
+    stopped = launch(tmp_path / "stopped")
+    try:
+        _wait_for_rows(tmp_path / "stopped" / "metrics.jsonl", stopped, 2)
+        stopped.send_signal(signal.SIGTERM)
+        _, err = stopped.communicate(timeout=120)
+        straight.communicate(timeout=300)
+    finally:
+        stopped.kill()
+        straight.kill()
+    assert straight.returncode == 0
+    assert err.count("SIGTERM received") == 1 and err.count("continue with: rlhf sft") == 1, err[-3000:]
+    assert not (tmp_path / "stopped" / "model.safetensors").exists()
+    assert (tmp_path / "stopped" / "resume" / "latest").exists()
+    resumed = launch(tmp_path / "stopped", "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "stopped" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_second_signal_stops_at_once_and_outside_a_loop_the_first_does(monkeypatch):

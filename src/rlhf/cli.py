@@ -19,6 +19,7 @@ import tyro
 from rlhf import config as C
 from rlhf import run_dir, stop
 from rlhf.allocator import keep_freed_memory
+from rlhf.distributed import is_main
 from rlhf.errors import UserError
 
 try:  # tyro >= 1.0: a hook sees each parse failure (a private module, hence the fallback in _tyro_cli)
@@ -250,5 +251,6 @@ def main(argv: list[str] | None = None) -> None:
         if "resume checkpoint: " in message and not message.endswith("None"):
             again = argv if "--resume" in argv else [*argv, "--resume"]
             message += f"\ncontinue with: rlhf {shlex.join(again)}"
-        print(message, file=sys.stderr)
+        if is_main():  # under torchrun: one message, from rank 0
+            print(message, file=sys.stderr)
         sys.exit(e.exit_code)

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from rlhf.distributed import all_reduce_sum, world
+from rlhf.distributed import all_reduce_sum, is_main, world
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
@@ -44,12 +44,13 @@ def _handler(signum: int, frame) -> None:
     if _requested is not None or not _graceful:
         raise Stopped(signum, f"stopped by {name(signum)}")
     _requested = signum
-    print(
-        f"rlhf: {name(signum)} received: finishing the current step, then writing a resume checkpoint "
-        "(send it again to stop at once)",
-        file=sys.stderr,
-        flush=True,
-    )
+    if is_main():  # under torchrun every rank gets the signal; one line is enough
+        print(
+            f"rlhf: {name(signum)} received: finishing the current step, then writing a resume checkpoint "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def install() -> None:

@@ -226,10 +226,10 @@ def end_of_step(name: str, out: Path, step: int, total: int, save_every: int, sa
     if (signum or (save_every and step % save_every == 0 and step < total)) and is_main():
         save_state()
     if signum:
+        where = share(str(latest_resume(out)) if is_main() else None)  # after rank 0 wrote it
         raise stop.Stopped(
             signum,
-            f"{name}: stopped by {stop.name(signum)} after step {step} of {total}; resume checkpoint: "
-            f"{latest_resume(out)}",
+            f"{name}: stopped by {stop.name(signum)} after step {step} of {total}; resume checkpoint: {where}",
         )
 
 
