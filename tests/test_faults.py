@@ -130,17 +130,22 @@ def _wait_for_rows(metrics: Path, proc: subprocess.Popen, n: int) -> None:
 
 @pytest.mark.parametrize(
     "command,sig",
-    [("sft", signal.SIGTERM), ("sft", signal.SIGINT), ("ppo", signal.SIGTERM)],
-    ids=["sft-SIGTERM", "sft-SIGINT", "ppo-SIGTERM"],
-)
+    [("sft", signal.SIGTERM), ("sft", signal.SIGINT), ("reward", signal.SIGTERM), ("dpo", signal.SIGTERM),
+     ("ppo", signal.SIGTERM)],
+    ids=["sft-SIGTERM", "sft-SIGINT", "reward-SIGTERM", "dpo-SIGTERM", "ppo-SIGTERM"],
+)  # fmt: skip
 def test_a_signal_stops_after_the_step_and_resume_equals_a_straight_run(
     command, sig, tiny_sft, tiny_reward, tmp_path
 ):
-    if command == "sft":
-        argv = ["sft", *TINY_SFT, "--max-steps", "120", "--log-every", "1", "--eval-every", "1000"]
-    else:
-        argv = ["ppo", "--sft", str(tiny_sft), "--reward", str(tiny_reward), *RL, "--episodes", "64",
-                "--log-every", "1"]  # fmt: skip
+    steps = ["--max-steps", "60", "--log-every", "1", "--eval-every", "1000"]
+    argv = {
+        "sft": ["sft", *TINY_SFT, *steps, "--max-steps", "120"],
+        "reward": ["reward", "--init", str(tiny_sft), *TINY_REWARD, *steps],
+        "dpo": ["dpo", "--sft", str(tiny_sft), "--task.n-train", "128", "--max-length", "64", "--threads", "1",
+                "--no-progress", "--gold-samples", "0", *steps],
+        "ppo": ["ppo", "--sft", str(tiny_sft), "--reward", str(tiny_reward), *RL, "--episodes", "64",
+                "--log-every", "1"],
+    }[command]  # fmt: skip
     straight = tmp_path / "straight"
     cli.run([*argv, "--out", str(straight)])
 
