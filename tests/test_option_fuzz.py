@@ -229,6 +229,20 @@ def test_cli_main_refuses_in_one_line_with_exit_code_2(capsys):
         assert err.startswith("error: ") and flag in err, (argv, err)
 
 
+def test_without_the_tyro_hook_the_box_is_read_back_as_one_line(monkeypatch, capsys):
+    """Another tyro (no parse-error hook): the first section of its error box becomes the line, still naming the
+    option, and nothing of the box reaches stderr."""
+    monkeypatch.setattr(cli, "_on_parse_error", None)
+    for argv, flag in [
+        (["sft", "--batch-size", "1e12"], "--batch-size"),
+        (["sft", "--device", "gpu"], "--device"),
+    ]:
+        with pytest.raises(UserError) as e:
+            cli.parse(argv)
+        assert flag in str(e.value) and "\n" not in str(e.value), str(e.value)
+        assert capsys.readouterr().err == ""
+
+
 def test_relations_between_options_are_one_line_errors():
     """Options each in range that cannot go together are refused at parse time, naming both, instead of failing
     inside a stage (an assertion deep in the model, or after training)."""
@@ -238,6 +252,7 @@ def test_relations_between_options_are_one_line_errors():
         (["sft", "--max-length", "32", "--max-new-tokens", "48"], ("--max-new-tokens", "--max-length")),
         (["sft", "--arch.block-size", "64"], ("--max-length", "--arch.block-size")),
         (["dpo", "--data-weights", "1", "2"], ("--data-weights", "--data")),
+        (["ppo", "--kl-target", "6", "--kl-horizon", "12"], ("--kl-horizon", "--rollout-batch")),
     ]:
         with pytest.raises(UserError) as e:
             cli.parse(argv)
@@ -245,6 +260,7 @@ def test_relations_between_options_are_one_line_errors():
     # ... and the same options in agreement are fine.
     cli.parse(["sft", "--arch.block-size", "64", "--max-length", "64", "--gold-samples", "0"])
     cli.parse(["sft", "--max-length", "32", "--max-new-tokens", "48", "--gold-samples", "0"])
+    cli.parse(["ppo", "--kl-target", "6", "--kl-horizon", "13"])
 
 
 def test_configs_built_in_code_are_validated_too():

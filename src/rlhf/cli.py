@@ -206,13 +206,18 @@ def _one_line_parse_error(event) -> None:
 
 
 def _box_first_section(text: str) -> str:
-    """The first section of a tyro error box (its rows down to the first rule, borders removed) as one line."""
+    """The first section of a tyro error box as one line: the rows after the title, down to the next rule, borders
+    removed. The box is drawn in Unicode (title in the top border) or, on a non-UTF-8 stream, in ASCII (title on
+    its own row, then a rule)."""
     rows = []
-    for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()[1:]:  # [0] is the top border with the title
-        body = line.strip().strip("│|").strip()
-        if not body or not body.strip("─-━╭╮╰╯+"):
+    lines = [
+        line.strip().strip("│|╭╮╰╯").strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()
+    ]
+    for body in [line for line in lines if line][1:]:  # [0] is the title
+        if body.strip("─━-+ "):
+            rows.append(body)
+        elif rows:  # a rule after the message ends it
             break
-        rows.append(body)
     return " ".join(rows)
 
 

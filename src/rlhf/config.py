@@ -998,6 +998,13 @@ def _check_relations(cfg) -> None:
             f"--max-new-tokens {new} leaves no room for a prompt in --max-length {max_length} (the gold-score "
             "samples; --gold-samples 0 skips them)"
         )
+    if getattr(cfg, "kl_target", 0) > 0 and 5 * cfg.kl_horizon <= cfg.rollout_batch:
+        # The adaptive controller multiplies beta by 1 + e * rollout_batch / horizon, e in [-0.2, 0.2], after each
+        # update: with a horizon this short the factor reaches 0 or below and beta turns negative.
+        raise UserError(
+            f"--kl-horizon {cfg.kl_horizon} must exceed --rollout-batch {cfg.rollout_batch} / 5 with --kl-target "
+            "(a shorter horizon would make the KL coefficient negative)"
+        )
     if (
         isinstance(cfg, SFTConfig)
         and cfg.model == "gpt"
