@@ -18,6 +18,7 @@ from rlhf.config import CompareConfig
 from rlhf.data.collate import encode_prompt, pad
 from rlhf.data.loader import load_prompts
 from rlhf.distributed import device, is_main, share
+from rlhf.errors import UserError
 from rlhf.generation import sample
 from rlhf.models.build import load_policy, load_scalar
 from rlhf.rollout import RewardInputs, response_logprobs, right_align, score_responses
@@ -55,6 +56,11 @@ def rollout_eval(
     dev = next(policy.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     max_prompt = policy.cfg.block_size - cfg.response_length if hasattr(policy, "cfg") else 512
+    if max_prompt < 2:  # bos + at least one prompt token must fit beside the response
+        raise UserError(
+            f"--response-length {cfg.response_length} leaves no room for a prompt in the policy's block size "
+            f"{policy.cfg.block_size}; use at most {policy.cfg.block_size - 2}"
+        )
     rows = []
     for start in range(0, len(prompts), 64):
         chunk = prompts[start : start + 64]

@@ -154,6 +154,11 @@ def train_dpo(cfg: DPOConfig) -> dict:
     # 3. Pairs (prompt, chosen, rejected) from --data or the built-in task; truncation counted, nothing dropped.
     block = sft_cfg["backbone"].get("arch", {}).get("block_size", 512)
     max_length = cfg.max_length or block
+    if cfg.gold_samples and cfg.max_new_tokens > max_length - 2:
+        raise UserError(
+            f"--max-new-tokens {cfg.max_new_tokens} leaves no room for a prompt in --max-length {max_length} "
+            "(the policy's block size when 0); lower it, or pass --gold-samples 0"
+        )
     if max_length > block:
         raise UserError(f"--max-length {max_length} exceeds the policy's block size {block}")
     train_rows, eval_rows, task = load_pair_data(cfg, split_user_file=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rlhf.checkpoint import write_json
 from rlhf.config import SampleConfig
 from rlhf.distributed import device
+from rlhf.errors import UserError
 from rlhf.models.build import load_policy
 from rlhf.stages.common import generate_texts, setup_run
 from rlhf.tasks import get_task
@@ -17,6 +18,11 @@ def run_sample(cfg: SampleConfig) -> dict:
     task = get_task("instruct", seed=cfg.seed)
     prompts = cfg.prompt or task.prompts(4, split="test")
     block = config["backbone"].get("arch", {}).get("block_size", 512)
+    if cfg.max_new_tokens > block - 2:  # bos + at least one prompt token must fit beside the answer
+        raise UserError(
+            f"--max-new-tokens {cfg.max_new_tokens} leaves no room for a prompt in the checkpoint's block size "
+            f"{block}; use at most {block - 2}"
+        )
     rows = []
     for i in range(cfg.n):
         res = generate_texts(

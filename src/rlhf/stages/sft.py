@@ -126,6 +126,13 @@ def train_sft(cfg: SFTConfig) -> dict:
         cfg.arch.vocab_size = tok.vocab_size
         model = GPT(cfg.arch)
         backbone = gpt_backbone_spec(cfg.arch)
+    block = backbone.get("arch", {}).get(
+        "block_size"
+    )  # a built-in GPT's positions; HF models truncate themselves
+    if block and cfg.max_length > block:
+        raise UserError(
+            f"--max-length {cfg.max_length} exceeds the model's block size {block}; use at most {block}"
+        )
     lora = adapt_for_training(model, cfg)
     model.to(dev).train()
 
