@@ -71,29 +71,21 @@ def nan_gradients_after_first_checkpoint(monkeypatch):
         h.remove()
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward", "dpo"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "dpo", "grpo"])
 def test_a_nan_gradient_stops_the_stage_before_it_is_applied(
-    stage, tiny_sft, tmp_path, capsys, nan_gradients_after_first_checkpoint
+    stage, tiny_sft, tiny_reward, tmp_path, capsys, nan_gradients_after_first_checkpoint
 ):
     out = tmp_path / stage
+    steps = ["--max-steps", "5"]
     argv = {
-        "sft": ["sft", *TINY_SFT],
-        "reward": ["reward", "--init", str(tiny_sft), *TINY_REWARD],
-        "dpo": [
-            "dpo",
-            "--sft",
-            str(tiny_sft),
-            "--task.n-train",
-            "64",
-            "--max-length",
-            "64",
-            "--threads",
-            "1",
-            "--no-progress",
-        ],  # fmt: skip
-    }[stage]
+        "sft": ["sft", *TINY_SFT, *steps],
+        "reward": ["reward", "--init", str(tiny_sft), *TINY_REWARD, *steps],
+        "dpo": ["dpo", "--sft", str(tiny_sft), "--task.n-train", "64", "--max-length", "64", "--threads", "1",
+                "--no-progress", *steps],
+        "grpo": ["grpo", "--sft", str(tiny_sft), "--reward", str(tiny_reward), *RL, "--samples-per-prompt", "4"],
+    }[stage]  # fmt: skip
     nan_gradients_after_first_checkpoint(out)
-    code, _, err = run_main([*argv, "--max-steps", "5", "--save-every", "1", "--out", str(out)], capsys)
+    code, _, err = run_main([*argv, "--save-every", "1", "--out", str(out)], capsys)
     line = one_error_line(err)
     assert code == 2
     assert line.startswith(f"error: {stage}: non-finite gradient norm at step 2 (last good checkpoint: ")

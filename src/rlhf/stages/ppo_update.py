@@ -98,9 +98,11 @@ def ppo_update(
                 raise non_finite(stage, f"{what} ({parts.get(bad[0])})", update + 1, cfg.out)
             for k, v in parts.items():
                 acc[k].append(v)
-            # The norm is not logged here: without clipping, it is not computed.
-            if cfg.optim.grad_clip > 0:
-                clip_grads(model, cfg.optim.grad_clip)
+            # A finite loss can still give a non-finite gradient (an overflow in the backward): checked too, on
+            # the norm every process shares after DDP's all-reduce (one foreach kernel when not clipping).
+            if not math.isfinite(clip_grads(model, cfg.optim.grad_clip)):
+                stage = "ppo" if cfg.advantage == "gae" else cfg.advantage
+                raise non_finite(stage, "gradient norm", update + 1, cfg.out)
             opt.step()
             opt.zero_grad(set_to_none=True)
 
