@@ -19,7 +19,7 @@ import tyro
 from rlhf import config as C
 from rlhf import run_dir, stop
 from rlhf.allocator import keep_freed_memory
-from rlhf.distributed import is_main
+from rlhf.distributed import is_main, lost_contact
 from rlhf.errors import UserError
 
 try:  # tyro >= 1.0: a hook sees each parse failure (a private module, hence the fallback in _tyro_cli)
@@ -251,6 +251,12 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        if not lost_contact(e):
+            raise
+        # Another process or node died or stopped answering (--dist-timeout): one line, not a gloo traceback.
+        print(f"error: {lost_contact(e)}", file=sys.stderr)
+        sys.exit(1)
     except stop.Stopped as e:
         message = str(e)
         if "resume checkpoint: " in message and not message.endswith("None"):

@@ -46,6 +46,9 @@ class RunConfig:
     """Show a progress bar on long work."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where models run: 'auto' = a CUDA GPU when one is visible, else the CPU (under torchrun: GPU LOCAL_RANK)."""
+    dist_timeout: float = 1800.0
+    """Under torchrun: seconds a collective waits for the other processes before the run stops with an error (a
+    process or node that died); longer than any evaluation rank 0 runs alone while the others wait."""
     overwrite: bool = False
     """Replace the run already in --out (its files are kept aside until this run's first checkpoint exists);
     without it, an --out holding another run's outputs is refused (use --resume to continue that run)."""
@@ -806,6 +809,7 @@ OPTION_BOUNDS: dict[str, Bound] = {
     # every command
     "seed": Bound(0, 2**32 - 1),  # numpy's global seeding takes 32 bits
     "threads": Bound(0, 1024),  # 0 = torch's default
+    "dist_timeout": Bound(1, 7 * 24 * 3600),  # a week: past that, a typo
     # --task.*
     "n_train": Bound(1, EXAMPLES),
     "n_eval": Bound(0, EXAMPLES),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import os
 import sys
 from collections.abc import Sequence
@@ -54,16 +55,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", local)
 
 
-def init(device: str = "auto") -> torch.device:
+def init(device: str = "auto", timeout: float = 1800.0) -> torch.device:
     """Join torchrun's process group when launched by torchrun, and pick this process's device (returned, and
-    remembered for `device()`). Safe to call more than once (a demo runs several stages in one process)."""
+    remembered for `device()`). Safe to call more than once (a demo runs several stages in one process).
+
+    `timeout` (--dist-timeout) bounds every collective: when a process or a node dies, the others stop with an
+    error after at most that long instead of waiting for ever.
+    """
     global _device
     _device = resolve_device(device)
     if _device.type == "cuda":
         torch.cuda.set_device(_device)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
         # gloo is the CPU backend; nccl needs every process on its own GPU (set above).
-        dist.init_process_group(backend="nccl" if _device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if _device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout)
+        )
         atexit.register(_shutdown)
     return _device
 
@@ -87,6 +94,24 @@ def exit_after_success() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def lost_contact(e: BaseException) -> str | None:
+    """What to tell the user when `e` is a collective that failed because another process died or timed out
+    (gloo and NCCL raise RuntimeError / DistError with these texts), else None."""
+    if not dist.is_initialized() or not isinstance(e, RuntimeError | dist.DistError):
+        return None
+    text = str(e)
+    if "Timed out" in text or "timed out" in text or "Timeout" in text:
+        why = "another process did not answer within --dist-timeout"
+    elif "Connection closed by peer" in text or "Connection reset" in text or "Broken pipe" in text:
+        why = "another process or node stopped (its connection closed)"
+    elif isinstance(e, dist.DistError):
+        why = "a collective failed"
+    else:
+        return None
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
+    return f"rank {rank()}: {why}; check the other processes' logs for the cause ({first})"
 
 
 def device() -> torch.device:

@@ -48,7 +48,7 @@ def setup_run(cfg: RunConfig) -> Path:
     Every rank gets the same seed, so fresh models start identical on every process.
     """
     keep_freed_memory()
-    init_distributed(cfg.device)
+    init_distributed(cfg.device, cfg.dist_timeout)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
