@@ -199,7 +199,10 @@ def test_ppo_rollout_batch_must_split_over_processes(tmp_path, tiny_sft, tiny_re
     ]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode != 0
-    assert "error: --rollout-batch 6 must be divisible by --mini-batches 2 x 2 processes" in res.stderr
+    assert (
+        "error: --rollout-batch 6 x --samples-per-prompt 1 completions must split into --mini-batches 2, after "
+        "dividing the prompts by 2 processes" in res.stderr
+    )
 
 
 @pytest.mark.parametrize("flag", ["cpu", "auto"])
