@@ -149,6 +149,9 @@ class TrainConfig(RunConfig):
     """Recompute activations in the backward pass instead of storing them (less memory, one more forward per step)."""
     tensorboard: bool = False
     """Also write the metrics to a TensorBoard event file under --out/tensorboard (needs the `tensorboard` extra)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: ddp keeps a whole model in every process; fsdp (FSDP2) shards parameters, gradients and
+    optimizer state across them (the built-in GPT in sft, reward and dpo, without resume checkpoints, for now)."""
 
 
 # ------------------------------------------------------------------------------------------------ commands

@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import os
 import sys
+import weakref
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -217,7 +218,7 @@ def wrap_ddp(model: nn.Module, method: str | None = None) -> nn.Module:
     Optimizer, checkpoints and generation keep using `model` (the same parameters, unwrapped).
     """
     module = _Method(model, method) if method else model
-    if world() == 1:
+    if world() == 1 or is_sharded(model):  # FSDP reduces the gradients itself
         return module
     ids = [_device.index] if _device.type == "cuda" else None
     # Hugging Face trunks can compute layers no loss reads (BERT's pooler): their parameters get no gradient, and
@@ -227,8 +228,99 @@ def wrap_ddp(model: nn.Module, method: str | None = None) -> nn.Module:
 
 
 def no_sync(ddp_model: nn.Module, sync: bool):
-    """Context for one micro-batch's backward: skip DDP's all-reduce unless `sync` (the step's last micro-batch),
-    so gradient accumulation communicates once per optimizer step."""
-    if sync or not isinstance(ddp_model, nn.parallel.DistributedDataParallel):
+    """Context for one micro-batch's backward: skip DDP's all-reduce (FSDP's reduce-scatter) unless `sync` (the
+    step's last micro-batch), so gradient accumulation communicates once per optimizer step."""
+    if sync:
         return contextlib.nullcontext()
-    return ddp_model.no_sync()
+    if isinstance(ddp_model, nn.parallel.DistributedDataParallel):
+        return ddp_model.no_sync()
+    root = ddp_model.inner if isinstance(ddp_model, _Method) else ddp_model
+    if is_sharded(root):
+        return _fsdp_no_sync(root)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: nn.Module):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+# ------------------------------------------------------------------------------------------------ FSDP
+# The methods through which the stages run a sharded model: FSDP2 gathers a module's parameters in hooks around
+# `forward`, so every other entry point must be registered too (the GPT's token path calls `Block.on_tokens`).
+FSDP_METHODS = ("hidden", "score", "score_pairs", "on_tokens")
+
+
+def shard_model(model: nn.Module, strategy: str) -> nn.Module:
+    """--strategy fsdp under torchrun: FSDP2 (`fully_shard`) on each transformer block and on the root, so each
+    process holds 1/world of the parameters, gradients and optimizer state. Call it before building the optimizer
+    (sharding replaces the parameters). No-op for ddp or one process.
+
+    Before sharding, rank 0 keeps a plain copy of the model: `unsharded()` loads the gathered weights into it for
+    what rank 0 does alone (evaluation, sampling, the checkpoint), so those paths stay as they are.
+    """
+    if strategy != "fsdp" or world() == 1:
+        return model
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    from rlhf.models.gpt import Block
+
+    if any("lora_" in name for name, _ in model.named_parameters()):
+        raise UserError("--strategy fsdp with --lora-rank is not supported yet; use --strategy ddp")
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    if not blocks:
+        raise UserError("--strategy fsdp shards the built-in GPT's blocks; use --strategy ddp for this model")
+    copy = _copy_for_rank0(model)
+    if hasattr(model, "lean_decode"):
+        model.lean_decode = False
+    for block in blocks:
+        fully_shard(block)
+        register_fsdp_forward_method(block, "on_tokens")
+    fully_shard(model)
+    for name in FSDP_METHODS:
+        if hasattr(model, name):
+            register_fsdp_forward_method(model, name)
+    _rank0_copies[model] = copy
+    return model
+
+
+def _copy_for_rank0(model: nn.Module) -> nn.Module | None:
+    import copy
+
+    return copy.deepcopy(model).eval() if is_main() else None
+
+
+# A sharded model -> rank 0's plain copy of it (None on the other ranks). Kept outside the module: a module set as
+# an attribute would become a submodule, and be sharded and saved with it.
+_rank0_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return model in _rank0_copies
+
+
+def unsharded(model: nn.Module) -> nn.Module | None:
+    """The model whole, for work rank 0 does alone: `model` itself unless sharded; sharded, the gathered weights
+    in rank 0's copy (a collective: every process calls it at the same point; the others get None)."""
+    if not is_sharded(model):
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    copy = _rank0_copies[model]
+    if copy is None:
+        return None
+    copy.load_state_dict(state)
+    copy.train(model.training)
+    return copy
+
+
+def local_param_bytes(model: nn.Module) -> int:
+    """Bytes of parameters this process holds (its shards under FSDP; everything under DDP)."""
+    return sum(
+        (p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size() for p in model.parameters()
+    )

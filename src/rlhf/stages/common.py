@@ -147,9 +147,13 @@ def clip_grads(model: nn.Module, max_norm: float) -> float:
     """Clip the gradients' global L2 norm to `max_norm` (0: no clipping); returns the norm before clipping."""
     params = [p for p in model.parameters() if p.grad is not None]
     if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    # One foreach kernel, not a norm per parameter (SFT and the reward model log it every step).
-    return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    elif params:  # one foreach kernel, not a norm per parameter (SFT and the reward model log it every step)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    else:
+        return 0.0
+    # Sharded (FSDP) gradients give a DTensor norm: the global one is its full value.
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def progress(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
@@ -219,11 +223,15 @@ def save_training_state(
     save_resume(out, step, tensors, meta)
 
 
-def end_of_step(name: str, out: Path, step: int, total: int, save_every: int, save_state: Callable[[], None]):
+def end_of_step(
+    name: str, out: Path, step: int, total: int, save_every: int, save_state: Callable[[], None] | None
+):
     """After optimizer step `step` of `total`: the periodic resume checkpoint, and - when SIGTERM / SIGINT asked the
-    run to stop (rlhf.stop) - one now, then `stop.Stopped` naming it. Call it on every rank (rank 0 saves)."""
+    run to stop (rlhf.stop) - one now, then `stop.Stopped` naming it. Call it on every rank (rank 0 saves).
+    `save_state` None: this run cannot write one (--strategy fsdp, for now); a stop then says so."""
     signum = stop.requested()
-    if (signum or (save_every and step % save_every == 0 and step < total)) and is_main():
+    due = signum or (save_every and step % save_every == 0 and step < total)
+    if due and save_state is not None and is_main():
         save_state()
     if signum:
         where = share(str(latest_resume(out)) if is_main() else None)  # after rank 0 wrote it

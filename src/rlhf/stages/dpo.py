@@ -20,7 +20,7 @@ from rlhf.checkpoint import write_json
 from rlhf.config import DPOConfig
 from rlhf.data.collate import length_bucketed_batches, unpack_pairs
 from rlhf.data.pairs import EncodedPair, batch_lengths, encode_pairs, load_pair_data, pair_batch
-from rlhf.distributed import device, is_main, share
+from rlhf.distributed import device, is_main, local_param_bytes, shard_model, share, unsharded
 from rlhf.errors import UserError
 from rlhf.models.build import disable_dropout, load_policy, save_checkpoint, save_tokenizer
 from rlhf.models.lora import AdapterDisabledReference, merge_lora
@@ -200,6 +200,9 @@ def train_dpo(cfg: DPOConfig) -> dict:
     # 5. Optimizer; the shared loop (schedule, resume, metrics, checkpoints, progress).
     micro_per_epoch = max(1, -(-len(train) // cfg.batch_size))
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * micro_per_epoch / cfg.optim.grad_accum))
+    policy = shard_model(
+        policy, cfg.strategy
+    )  # --strategy fsdp: before the optimizer (it replaces the parameters)
     opt = make_optimizer(policy, cfg.optim)
     lengths = batch_lengths(packed, train)
     orders: dict[int, list[list[int]]] = {}
@@ -216,36 +219,37 @@ def train_dpo(cfg: DPOConfig) -> dict:
         task.prompts(cfg.gold_samples, split="test") if task is not None and cfg.gold_samples else []
     )
 
-    def gold_score() -> float:
-        res = generate_texts(policy, tok, gold_prompts, cfg.max_new_tokens, max_length - cfg.max_new_tokens,
+    def gold_score(m) -> float:
+        res = generate_texts(m, tok, gold_prompts, cfg.max_new_tokens, max_length - cfg.max_new_tokens,
                              cfg.temperature, cfg.seed)  # fmt: skip
         return sum(task.score(p, r["text"], r["finished"]) for p, r in zip(gold_prompts, res)) / len(res)
 
     @torch.no_grad()
-    def evaluate() -> dict:
+    def evaluate(m) -> dict:
         row = {}
         if held:
-            was = policy.training
-            policy.eval()
+            was = m.training
+            m.eval()
             sums: dict[str, float] = {}
             for i in range(0, len(held), 2 * cfg.batch_size):
                 chunk = held[i : i + 2 * cfg.batch_size]
                 with autocast(cfg.dtype, dev):
-                    out_p = pair_logps(policy, chunk, tok.pad_id, packed)
+                    out_p = pair_logps(m, chunk, tok.pad_id, packed)
                 _, stats = pair_losses(
                     tuple(t.float() for t in out_p),
                     reference(chunk, list(range(i, i + len(chunk))), ref_held),
                     cfg,
                 )
                 sums = {k: sums.get(k, 0.0) + v for k, v in stats.items()}
-            policy.train(was)
+            m.train(was)
             row = {f"eval/{k}": v / len(held) for k, v in sums.items()}
         if gold_prompts:
-            row["gold/score"] = gold_score()
+            row["gold/score"] = gold_score(m)
         return row
 
     loop = TrainLoop("dpo", cfg, out, policy, opt, total_steps, micro_batch, evaluate, state_name="policy")
-    gold_before = gold_score() if gold_prompts and not loop.resumed and is_main() else None
+    whole = unsharded(policy) if gold_prompts and not loop.resumed else None  # FSDP: every rank takes part
+    gold_before = gold_score(whole) if gold_prompts and not loop.resumed and is_main() else None
 
     # 6. Loop: the policy's response log-probs (one packed row per pair on the built-in GPT), the reference's from
     #    the table, the loss of --loss-type; sums over the step's pairs (every process's), as the shared loop wants.
@@ -262,11 +266,13 @@ def train_dpo(cfg: DPOConfig) -> dict:
             step.backward(losses.sum(), real, **stats)
     loop_seconds = time.time() - t_loop
     seconds = time.time() - t0
+    param_bytes = local_param_bytes(policy)  # this process's share (FSDP) or the whole model (DDP)
+    policy = unsharded(policy)  # FSDP: the trained weights gathered into rank 0's copy
     if not is_main():  # rank 0 evaluates and saves; the other ranks wait for its summary
         return share(None)
 
     # 7. Final evaluation and save (a normal policy checkpoint: sample, compare, export, RL can read it).
-    final = evaluate()
+    final = evaluate(policy)
     config = {
         **sft_cfg,
         "stage": "dpo",
@@ -283,6 +289,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
         "n_train": len(train),
         "n_eval": len(held),
         "n_truncated": n_truncated,
+        "param_bytes_per_process": param_bytes,
         "n_identical": n_identical,
         "loss_type": cfg.loss_type,
         "seconds": round(seconds, 2),

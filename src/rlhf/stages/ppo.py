@@ -114,6 +114,8 @@ def build_models(cfg: PPOConfig, policy: torch.nn.Module, tok, dev: torch.device
 def train_ppo(cfg: PPOConfig) -> dict:
     # 1. Set-up (under torchrun: the process group and this rank's device).
     out = setup_run(cfg)
+    if cfg.strategy == "fsdp":
+        raise UserError(f"{cfg.advantage}: --strategy fsdp shards sft, reward and dpo so far; use --strategy ddp")
     dev = device()
     t_start = time.time()
 

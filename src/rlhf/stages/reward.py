@@ -20,7 +20,7 @@ from rlhf.data.collate import (
 )
 from rlhf.data.pairs import EncodedPair, batch_lengths, encode_pairs, load_pair_data, pair_batch
 from rlhf.data.tokenizer import ByteTokenizer, Tokenizer
-from rlhf.distributed import device, is_main, share
+from rlhf.distributed import device, is_main, local_param_bytes, shard_model, share, unsharded
 from rlhf.errors import UserError
 from rlhf.models.build import (
     disable_dropout,
@@ -162,6 +162,9 @@ def train_reward(cfg: RewardConfig) -> dict:
     model.to(device()).train()
     micro_per_epoch = max(1, -(-len(train) // cfg.batch_size))
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * micro_per_epoch / cfg.optim.grad_accum))
+    model = shard_model(
+        model, cfg.strategy
+    )  # --strategy fsdp: before the optimizer (it replaces the parameters)
     opt = make_optimizer(model, cfg.optim)
     lengths = batch_lengths(model.reads_packed_pairs, train)
     orders: dict[int, list[list[int]]] = {}
@@ -175,8 +178,8 @@ def train_reward(cfg: RewardConfig) -> dict:
             )
         return [train[i] for i in orders[epoch][pos]]
 
-    def held_out() -> dict:
-        ev = evaluate(model, tok, held, 2 * cfg.batch_size, cfg.n_bins) if held else {}
+    def held_out(m) -> dict:
+        ev = evaluate(m, tok, held, 2 * cfg.batch_size, cfg.n_bins) if held else {}
         return {f"eval/{k}": ev[k] for k in ("accuracy", "margin", "ece") if k in ev}
 
     # 5. Resume, metrics, checkpoints: the shared loop (stages/train_loop.py).
@@ -211,6 +214,8 @@ def train_reward(cfg: RewardConfig) -> dict:
     loop_seconds = time.time() - t_loop
     step = loop.step
     train_seconds = time.time() - t0
+    param_bytes = local_param_bytes(model)  # this process's share (FSDP) or the whole model (DDP)
+    model = unsharded(model)  # FSDP: the trained weights gathered into rank 0's copy
     if not is_main():  # rank 0 evaluates and saves; the other ranks wait for its summary
         return share(None)
 
@@ -248,6 +253,7 @@ def train_reward(cfg: RewardConfig) -> dict:
         **{k: v for k, v in ev.items() if k != "reliability"},
         "n_train": len(train),
         "n_truncated": n_truncated,
+        "param_bytes_per_process": param_bytes,
         "steps": step,
         "seconds": round(train_seconds, 2),
         "loop_seconds": round(loop_seconds, 3),

@@ -16,7 +16,7 @@ from rlhf.config import SFTConfig
 from rlhf.data.collate import encode_prompt_response, length_bucketed_batches, sft_batch
 from rlhf.data.loader import load_mixture
 from rlhf.data.tokenizer import ByteTokenizer
-from rlhf.distributed import device, is_main, share
+from rlhf.distributed import device, is_main, local_param_bytes, shard_model, share, unsharded
 from rlhf.errors import UserError
 from rlhf.models.build import gpt_backbone_spec, load_policy, save_checkpoint, save_tokenizer
 from rlhf.models.gpt import GPT
@@ -150,6 +150,9 @@ def train_sft(cfg: SFTConfig) -> dict:
     # 4. Optimizer and schedule: the number of optimizer steps follows from epochs (or --max-steps).
     micro_per_epoch = max(1, -(-len(enc_train) // cfg.batch_size))
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * micro_per_epoch / cfg.optim.grad_accum))
+    model = shard_model(
+        model, cfg.strategy
+    )  # --strategy fsdp: before the optimizer (it replaces the parameters)
     opt = make_optimizer(model, cfg.optim)
     lengths = [len(e.ids) for e in enc_train]
 
@@ -163,15 +166,18 @@ def train_sft(cfg: SFTConfig) -> dict:
             orders[epoch] = length_bucketed_batches(lengths, cfg.batch_size, gen)
         return [enc_train[i] for i in orders[epoch][pos]]
 
-    def evaluate() -> dict:
-        return {"eval/loss": heldout_loss(model, eval_batches)} if eval_batches else {}
+    def evaluate(m) -> dict:
+        return {"eval/loss": heldout_loss(m, eval_batches)} if eval_batches else {}
 
     # 5. Resume (weights, optimizer, RNG states, data position), metrics and checkpoints: the shared loop.
     loop = TrainLoop("sft", cfg, out, model, opt, total_steps, micro_batch, evaluate, state_name="policy")
-    first = not loop.resumed and is_main()  # evaluation happens on rank 0 only
+    whole = (
+        unsharded(model) if not loop.resumed else None
+    )  # evaluation happens on rank 0 only, on the whole model
+    first = not loop.resumed and is_main()
     gold = task is not None and cfg.gold_samples > 0  # --gold-samples 0 skips the gold measurement
-    gold_before = gold_of_samples(model, tok, task, _gold_prompts(task, cfg), cfg) if gold and first else None
-    loss_before = heldout_loss(model, eval_batches) if eval_batches and first else None
+    gold_before = gold_of_samples(whole, tok, task, _gold_prompts(task, cfg), cfg) if gold and first else None
+    loss_before = heldout_loss(whole, eval_batches) if eval_batches and first else None
 
     # 6. Loop: each optimizer step accumulates grad_accum micro-batches, normalised by the step's token count.
     #    Under torchrun every rank builds the same global micro-batches and trains on its rows; DDP averages the
@@ -187,6 +193,8 @@ def train_sft(cfg: SFTConfig) -> dict:
             step.backward(nll, real, loss=float(nll.detach()), tokens=int(b["attention_mask"].sum()))
     step = loop.step
     train_seconds = time.time() - t0
+    param_bytes = local_param_bytes(model)  # this process's share (FSDP) or the whole model (DDP)
+    model = unsharded(model)  # FSDP: the trained weights gathered into rank 0's copy
     if not is_main():  # rank 0 evaluates and saves; the other ranks wait for its summary
         return share(None)
 
@@ -220,6 +228,7 @@ def train_sft(cfg: SFTConfig) -> dict:
         "mean_length": gold_after["mean_length"] if gold_after else None,
         "n_params": sum(p.numel() for p in model.parameters()),
         "n_trainable": n_trainable,
+        "param_bytes_per_process": param_bytes,
         "seconds": round(train_seconds, 2),
         "samples": gold_after["samples"] if gold_after else [],
     }

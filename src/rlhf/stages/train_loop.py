@@ -28,7 +28,8 @@ import torch.nn as nn
 
 from rlhf import stop
 from rlhf.config import TrainConfig
-from rlhf.distributed import all_reduce_sum, is_main, no_sync, shard, world, wrap_ddp
+from rlhf.distributed import all_reduce_sum, is_main, is_sharded, no_sync, shard, unsharded, world, wrap_ddp
+from rlhf.errors import UserError
 from rlhf.metrics import MetricsWriter
 from rlhf.stages.common import (
     clip_grads,
@@ -81,7 +82,7 @@ class TrainLoop:
     """Optimizer steps of one run: the schedule, resume, metrics.jsonl, evaluation, checkpoints, the progress bar.
 
     `micro_batch(i)` returns the i-th micro-batch of the run (its order may depend only on the seed and i, which
-    makes resume exact); `evaluate()` (rank 0) returns held-out metrics, logged every `cfg.eval_every` steps and at
+    makes resume exact); `evaluate(model)` (rank 0; the whole model, also under FSDP) returns held-out metrics, logged every `cfg.eval_every` steps and at
     the end. After construction, `.step` is where training starts (0, or the resumed step).
     """
 
@@ -106,6 +107,11 @@ class TrainLoop:
         # Resume: weights, optimizer, RNG states; the step index fixes the data position.
         self.step = 0
         self.resumed = False
+        if is_sharded(model) and (cfg.resume or 0 < cfg.save_every < total_steps):
+            raise UserError(
+                f"{name}: --strategy fsdp writes no resume checkpoints yet; pass --save-every 0 (and no --resume), "
+                "or use --strategy ddp"
+            )
         if cfg.resume:
             restored = restore_training_state(out, {self.state_name: model}, {self.state_name: opt})
             if restored is not None:
@@ -164,12 +170,10 @@ class TrainLoop:
                 row |= {"lr": lr, "grad_norm": grad_norm}
                 if tokens_seen:
                     row["tokens_per_s"] = float(all_reduce_sum(tokens_seen)) / max(time.time() - t_loop, 1e-9)
-            if (
-                self.evaluate
-                and is_main()
-                and (self.step % cfg.eval_every == 0 or self.step == self.total_steps)
-            ):
-                row |= self.evaluate()
+            if self.evaluate and (self.step % cfg.eval_every == 0 or self.step == self.total_steps):
+                whole = unsharded(self.model)  # FSDP: gathered into rank 0's copy (every rank takes part)
+                if is_main():
+                    row |= self.evaluate(whole)
             if row:
                 self.metrics.log(self.step, **row)
                 shown = next((k for k in ("eval/accuracy", "loss") if k in row), None)
@@ -181,7 +185,9 @@ class TrainLoop:
                 self.step,
                 self.total_steps,
                 cfg.save_every,
-                lambda: save_training_state(
+                None
+                if is_sharded(self.model)
+                else lambda: save_training_state(
                     self.out, self.step, {self.state_name: self.model}, {self.state_name: self.opt}
                 ),
             )
