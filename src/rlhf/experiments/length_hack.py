@@ -51,7 +51,9 @@ def run(cfg: LengthHackConfig) -> dict:
                 "kl_coef": beta,
                 "final_mean_length": tail_mean(rows, LENGTH),
                 "final_gold": tail_mean(rows, GOLD),
-                "final_kl": tail_mean(rows, KL),
+                # Training KL is unmeasured at beta = 0 (no reference model is loaded); the held-out KL of the
+                # comparison is measured for every run, on the same prompts.
+                "final_kl": cmp["kl_ppo"],
                 "final_length_reward": tail_mean(rows, PROXY),
                 "heldout_gold": cmp.get("gold_ppo"),
                 "heldout_length": cmp["length_ppo"],

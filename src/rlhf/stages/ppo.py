@@ -115,7 +115,9 @@ def train_ppo(cfg: PPOConfig) -> dict:
     # 1. Set-up (under torchrun: the process group and this rank's device).
     out = setup_run(cfg)
     if cfg.strategy == "fsdp":
-        raise UserError(f"{cfg.advantage}: --strategy fsdp shards sft, reward and dpo so far; use --strategy ddp")
+        raise UserError(
+            f"{cfg.advantage}: --strategy fsdp shards sft, reward and dpo so far; use --strategy ddp"
+        )
     dev = device()
     t_start = time.time()
 
@@ -315,6 +317,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 row = reduce_metrics(
                     row, sums=("val/num_eos_tokens", "tokens/real")
                 )  # means over ranks, counts summed
+                if exp.ref_logprobs is None:  # --kl-coef 0 loads no reference: the KL is unmeasured, not 0
+                    row["objective/kl"] = row["kl"] = None
                 metrics.log(update, **row)
                 bar.set_postfix(
                     kl=f"{mean_kl:.2f}",
@@ -358,16 +362,20 @@ def train_ppo(cfg: PPOConfig) -> dict:
         "completions": update * cfg.rollout_batch * G,
         "seconds": round(seconds, 2),
         "loop_seconds": round(loop_seconds, 3),
-        "kl_initial": kl_history[0] if kl_history else None,
-        "kl_final": kl_history[-1] if kl_history else None,
-        "kl_max": max(kl_history) if kl_history else None,
+        **dict.fromkeys(("kl_initial", "kl_final", "kl_max")),  # unmeasured without a reference (--kl-coef 0)
+        **(
+            {"kl_initial": kl_history[0], "kl_final": kl_history[-1], "kl_max": max(kl_history)}
+            if kl_history and ref is not None
+            else {}
+        ),
         "time_share": {k: round(v / total, 3) for k, v in timing.items()},
         "n_prompts": len(pool),
         "n_prompt_truncated": n_prompt_truncated,
     }
     write_json(out / "summary.json", summary)
     say(
-        f"{cfg.advantage}: {update} updates in {seconds:.1f}s | KL {summary['kl_final']:.3f} | "
+        f"{cfg.advantage}: {update} updates in {seconds:.1f}s | KL "
+        f"{'unmeasured' if summary['kl_final'] is None else format(summary['kl_final'], '.3f')} | "
         f"time share {summary['time_share']}"
     )
     print(f"outputs: {out}/")
