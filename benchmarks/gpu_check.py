@@ -118,7 +118,7 @@ def main() -> None:
     print(f"gpu_check: 1/3 tests/test_device.py on {a.device}", flush=True)
     env = {**os.environ, "RLHF_TEST_DEVICE": a.device}
     t = time.time()
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" /
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(ROOT / "tests" /
                             "test_device.py")], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
     summary["tests"] = {"passed": tests.returncode == 0, "seconds": round(time.time() - t, 1),
                         "result": next((x for x in tests.stdout.splitlines() if " passed" in x or " failed" in x), "")}  # fmt: skip
