@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from rlhf import cli
@@ -75,14 +77,32 @@ def cli_summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
-def test_what_fsdp_does_not_do_yet_is_one_line(sft_one, tmp_path, capsys):
-    res = torchrun(
-        *ARGS["sft"], *COMMON, "--save-every", "1", "--strategy", "fsdp", "--out", str(tmp_path / "s")
-    )
-    assert res.returncode != 0
-    assert "error: sft: --strategy fsdp writes no resume checkpoints yet; pass --save-every 0" in res.stderr
+def test_fsdp_resume_is_bit_identical_and_another_process_count_is_refused(tmp_path, capsys):
+    """Sharded resume checkpoints (torch.distributed.checkpoint, every process writes its shards; `latest` switches
+    after all are on disk): resuming from step 2 gives the straight run's weights exactly."""
+    argv = [*ARGS["sft"], *COMMON, "--max-steps", "5", "--save-every", "2", "--strategy", "fsdp"]
+    straight = tmp_path / "straight"
+    res = torchrun(*argv, "--out", str(straight))
+    assert res.returncode == 0, res.stderr[-4000:]
+    step2 = straight / "resume" / "step-0000002"
+    assert (step2 / "shards").is_dir() and (step2 / "state.json").exists()
+    assert not list((straight / "resume").glob("*.tmp"))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(step2, resumed / "resume" / "step-0000002")
+    (resumed / "resume" / "latest").write_text("step-0000002\n")
+    res = torchrun(*argv, "--out", str(resumed), "--resume")
+    assert res.returncode == 0 and "resumed at step 2" in res.stderr, res.stderr[-4000:]
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # One process cannot take the two processes' shards (no resharding yet): one line, not a wrong resume.
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--out", str(resumed), "--resume"])
+    assert e.value.code == 2
+    assert "written by a run with --strategy fsdp with 2 processes" in capsys.readouterr().err
+
+
+def test_the_on_policy_stages_refuse_fsdp_with_one_line(sft_one, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["grpo", "--sft", str(sft_one), "--strategy", "fsdp", "--out", str(tmp_path / "g")])
     assert e.value.code == 2
     assert "error: grpo: --strategy fsdp shards sft, reward and dpo so far" in capsys.readouterr().err
-    assert not (tmp_path / "s" / "model.safetensors").exists()

@@ -246,6 +246,53 @@ def save_resume(
     return final
 
 
+def save_resume_sharded(
+    run_dir_path: str | Path,
+    step: int,
+    sharded: dict,
+    tensors: dict[str, torch.Tensor],
+    meta: dict,
+    keep: int = 2,
+) -> Path:
+    """A resume checkpoint of sharded (FSDP) training, written by EVERY process: each writes its own shards of
+    `sharded` (model and optimizer state dicts of DTensors) with torch.distributed.checkpoint into the step's
+    temporary directory; rank 0 adds `tensors` + `meta` (RNG states, data position), renames the complete directory
+    into place and switches `latest`, as `save_resume` does - so no half-written directory is ever the latest."""
+    import torch.distributed.checkpoint as dcp
+
+    from rlhf.distributed import barrier, is_main
+
+    root = Path(run_dir_path) / "resume"
+    final, tmp = root / f"step-{step:07d}", root / f"step-{step:07d}.tmp"
+    try:
+        if is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        dcp.save(sharded, checkpoint_id=str(tmp / "shards"))
+        barrier()  # every process's shards are on disk
+        if is_main():
+            save_tensors(tmp / "state.safetensors", _dedupe_tied(tensors))
+            write_json(
+                tmp / "state.json", {**meta, "step": step, "sharded": True, "rlhf_version": __version__}
+            )
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            fsync_dir(root)
+            _atomic_write(root / "latest", lambda p: p.write_text(final.name + "\n"))
+            for old in sorted(root.glob("step-*"))[:-keep]:
+                if old.name != final.name and not old.name.endswith(".tmp"):
+                    shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise write_failed(final, e) from None
+    finally:
+        if is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
+    run_dir.committed(Path(run_dir_path))
+    return final
+
+
 def latest_resume(run_dir: str | Path) -> Path | None:
     """The newest complete resume checkpoint directory of `run_dir`, or None."""
     latest = Path(run_dir) / "resume" / "latest"

@@ -151,7 +151,7 @@ class TrainConfig(RunConfig):
     """Also write the metrics to a TensorBoard event file under --out/tensorboard (needs the `tensorboard` extra)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """Under torchrun: ddp keeps a whole model in every process; fsdp (FSDP2) shards parameters, gradients and
-    optimizer state across them (the built-in GPT in sft, reward and dpo, without resume checkpoints, for now)."""
+    optimizer state across them, with sharded resume checkpoints (the built-in GPT in sft, reward and dpo, for now)."""
 
 
 # ------------------------------------------------------------------------------------------------ commands

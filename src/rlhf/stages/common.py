@@ -28,6 +28,7 @@ from rlhf.checkpoint import (
     prefixed,
     rng_state,
     save_resume,
+    save_resume_sharded,
     set_rng_state,
     split_prefixed,
 )
@@ -35,7 +36,7 @@ from rlhf.config import OptimConfig, RunConfig, TrainConfig
 from rlhf.data.collate import encode_prompt, pad
 from rlhf.data.tokenizer import Tokenizer
 from rlhf.distributed import init as init_distributed
-from rlhf.distributed import is_main, share
+from rlhf.distributed import is_main, is_sharded, share, world
 from rlhf.errors import UserError
 from rlhf.generation import sample
 from rlhf.models.build import load_state
@@ -215,6 +216,14 @@ def save_training_state(
     KL controller, ...)."""
     tensors, rng_meta = rng_state()
     meta = {"rng": rng_meta, "optim": {}, "extra": extra or {}}
+    if any(is_sharded(m) for m in models.values()):  # FSDP: every process writes its shards (call on all)
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        sharded = {}
+        for name, m in models.items():
+            sharded[f"model.{name}"], sharded[f"optim.{name}"] = get_state_dict(m, optimizers[name])
+        save_resume_sharded(out, step, sharded, tensors, {**meta, "world": world()})
+        return
     for name, m in models.items():
         tensors.update(prefixed(m.state_dict(), f"model.{name}"))
     for name, opt in optimizers.items():
@@ -224,14 +233,20 @@ def save_training_state(
 
 
 def end_of_step(
-    name: str, out: Path, step: int, total: int, save_every: int, save_state: Callable[[], None] | None
+    name: str,
+    out: Path,
+    step: int,
+    total: int,
+    save_every: int,
+    save_state: Callable[[], None] | None,
+    every_rank: bool = False,
 ):
     """After optimizer step `step` of `total`: the periodic resume checkpoint, and - when SIGTERM / SIGINT asked the
-    run to stop (rlhf.stop) - one now, then `stop.Stopped` naming it. Call it on every rank (rank 0 saves).
-    `save_state` None: this run cannot write one (--strategy fsdp, for now); a stop then says so."""
+    run to stop (rlhf.stop) - one now, then `stop.Stopped` naming it. Call it on every rank: rank 0 saves, or
+    every rank when `every_rank` (sharded state: each writes its shards). `save_state` None: no checkpoint."""
     signum = stop.requested()
     due = signum or (save_every and step % save_every == 0 and step < total)
-    if due and save_state is not None and is_main():
+    if due and save_state is not None and (is_main() or every_rank):
         save_state()
     if signum:
         where = share(str(latest_resume(out)) if is_main() else None)  # after rank 0 wrote it
@@ -259,6 +274,26 @@ def restore_training_state(
     if state is None:
         return None
     tensors, meta = state
+    sharded = any(is_sharded(m) for m in models.values())
+    if bool(meta.get("sharded")) != sharded or (sharded and meta.get("world") != world()):
+        wrote = (
+            f"--strategy fsdp with {meta.get('world')} processes" if meta.get("sharded") else "--strategy ddp"
+        )
+        raise UserError(
+            f"{latest_resume(out)}: written by a run with {wrote}; resume it the same way (resharding to another "
+            "process count is not supported yet)"
+        )
+    if sharded:  # every process reads its own shards
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        for name, m in models.items():
+            msd, osd = get_state_dict(m, optimizers[name])
+            state_dicts = {f"model.{name}": msd, f"optim.{name}": osd}
+            dcp.load(state_dicts, checkpoint_id=str(latest_resume(out) / "shards"))
+            set_state_dict(m, optimizers[name], model_state_dict=msd, optim_state_dict=osd)
+        set_rng_state(tensors, meta["rng"])
+        return meta["step"], meta["extra"]
     for name, m in models.items():
         load_state(m, split_prefixed(tensors, f"model.{name}"), out / "resume")
     for name, opt in optimizers.items():

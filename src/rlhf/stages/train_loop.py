@@ -29,7 +29,6 @@ import torch.nn as nn
 from rlhf import stop
 from rlhf.config import TrainConfig
 from rlhf.distributed import all_reduce_sum, is_main, is_sharded, no_sync, shard, unsharded, world, wrap_ddp
-from rlhf.errors import UserError
 from rlhf.metrics import MetricsWriter
 from rlhf.stages.common import (
     clip_grads,
@@ -107,11 +106,6 @@ class TrainLoop:
         # Resume: weights, optimizer, RNG states; the step index fixes the data position.
         self.step = 0
         self.resumed = False
-        if is_sharded(model) and (cfg.resume or 0 < cfg.save_every < total_steps):
-            raise UserError(
-                f"{name}: --strategy fsdp writes no resume checkpoints yet; pass --save-every 0 (and no --resume), "
-                "or use --strategy ddp"
-            )
         if cfg.resume:
             restored = restore_training_state(out, {self.state_name: model}, {self.state_name: opt})
             if restored is not None:
@@ -185,10 +179,9 @@ class TrainLoop:
                 self.step,
                 self.total_steps,
                 cfg.save_every,
-                None
-                if is_sharded(self.model)
-                else lambda: save_training_state(
+                lambda: save_training_state(
                     self.out, self.step, {self.state_name: self.model}, {self.state_name: self.opt}
                 ),
+                every_rank=is_sharded(self.model),  # FSDP: every process writes its shards
             )
         bar.close()
