@@ -170,16 +170,20 @@ def test_a_signal_stops_after_the_step_and_resume_equals_a_straight_run(
     assert same(read_metrics(stopped / "metrics.jsonl")) == same(read_metrics(straight / "metrics.jsonl"))
 
 
-def test_under_torchrun_every_process_stops_after_the_same_step_and_resume_equals_a_straight_run(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_under_torchrun_every_process_stops_after_the_same_step_and_resume_equals_a_straight_run(
+    strategy, tmp_path
+):
     """SIGTERM to torchrun (as a scheduler sends it): torchrun passes it to both workers, they agree on the step,
-    rank 0 writes the resume checkpoint; resuming under torchrun gives a straight 2-process run's weights."""
+    and the resume checkpoint is written (DDP: by rank 0; FSDP: every process its shards); resuming under torchrun
+    gives a straight 2-process run's weights."""
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     args = ["sft", "--arch.n-layer", "1", "--arch.n-embd", "32", "--arch.n-head", "2", "--task.n-train", "64",
             "--task.n-eval", "8", "--gold-samples", "4", "--max-new-tokens", "4", "--max-length", "64",
             "--max-steps", "60", "--log-every", "1", "--eval-every", "1000", "--no-progress", "--threads", "1",
-            "--device", "cpu"]  # fmt: skip
+            "--device", "cpu", "--strategy", strategy]  # fmt: skip
 
     def launch(out: Path, *extra: str) -> subprocess.Popen:
         cmd = [
