@@ -231,19 +231,24 @@ def save_resume(
         tmp.mkdir(parents=True)
         save_tensors(tmp / "state.safetensors", _dedupe_tied(tensors))
         write_json(tmp / "state.json", {**meta, "step": step, "rlhf_version": __version__})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        fsync_dir(root)
+        _publish(root, tmp, final, keep)
     except OSError as e:
         raise write_failed(final, e) from None
     finally:  # a failed or interrupted write leaves no half checkpoint behind; `latest` still names the last one
         shutil.rmtree(tmp, ignore_errors=True)
-    _atomic_write(root / "latest", lambda p: p.write_text(final.name + "\n"))
     run_dir.committed(Path(run_dir_path))
+    return final
+
+
+def _publish(root: Path, tmp: Path, final: Path, keep: int) -> None:
+    """A complete resume directory goes live: renamed into place (durably), `latest` switched, older ones pruned."""
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    _atomic_write(root / "latest", lambda p: p.write_text(final.name + "\n"))
     for old in sorted(root.glob("step-*"))[:-keep]:
         if old.name != final.name and not old.name.endswith(".tmp"):
             shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def save_resume_sharded(
@@ -276,13 +281,7 @@ def save_resume_sharded(
             write_json(
                 tmp / "state.json", {**meta, "step": step, "sharded": True, "rlhf_version": __version__}
             )
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            fsync_dir(root)
-            _atomic_write(root / "latest", lambda p: p.write_text(final.name + "\n"))
-            for old in sorted(root.glob("step-*"))[:-keep]:
-                if old.name != final.name and not old.name.endswith(".tmp"):
-                    shutil.rmtree(old, ignore_errors=True)
+            _publish(root, tmp, final, keep)
     except OSError as e:
         raise write_failed(final, e) from None
     finally:

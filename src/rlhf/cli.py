@@ -252,10 +252,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:
-        if not lost_contact(e):
+        why = lost_contact(e)
+        if not why:
             raise
         # Another process or node died or stopped answering (--dist-timeout): one line, not a gloo traceback.
-        print(f"error: {lost_contact(e)}", file=sys.stderr)
+        print(f"error: {why}", file=sys.stderr)
         sys.exit(1)
     except stop.Stopped as e:
         message = str(e)

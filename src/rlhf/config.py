@@ -519,6 +519,11 @@ class PPOConfig(TrainConfig):
     resume: bool = False
     """Continue from the newest resume checkpoint in --out."""
 
+    @property
+    def stage(self) -> str:
+        """The stage's name in config.json and in errors: ppo for GAE, else the advantage (grpo, rloo, ...)."""
+        return "ppo" if self.advantage == "gae" else self.advantage
+
     def __post_init__(self):
         super().__post_init__()  # the ranges of every option (OPTION_BOUNDS), before anything is derived
         if self.cliprange_high < 0:

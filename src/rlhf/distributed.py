@@ -250,9 +250,11 @@ def _fsdp_no_sync(model: nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ FSDP
-# The methods through which the stages run a sharded model: FSDP2 gathers a module's parameters in hooks around
-# `forward`, so every other entry point must be registered too (the GPT's token path calls `Block.on_tokens`).
-FSDP_METHODS = ("hidden", "score", "score_pairs", "on_tokens")
+# FSDP2 gathers a module's parameters in hooks around `forward`, so every other entry point the training forwards
+# use must be registered too: the root's (a policy's `hidden`, a reward model's `score` / `score_pairs`), and the
+# blocks' token path, `on_tokens` (the built-in GPT's transformer blocks are the modules that have one).
+ROOT_METHODS = ("hidden", "score", "score_pairs")
+BLOCK_METHOD = "on_tokens"
 
 
 def shard_model(model: nn.Module, strategy: str) -> nn.Module:
@@ -265,33 +267,25 @@ def shard_model(model: nn.Module, strategy: str) -> nn.Module:
     """
     if strategy != "fsdp" or world() == 1:
         return model
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    import copy
 
-    from rlhf.models.gpt import Block
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     if any("lora_" in name for name, _ in model.named_parameters()):
         raise UserError("--strategy fsdp with --lora-rank is not supported yet; use --strategy ddp")
-    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    blocks = [m for m in model.modules() if hasattr(type(m), BLOCK_METHOD)]
     if not blocks:
         raise UserError("--strategy fsdp shards the built-in GPT's blocks; use --strategy ddp for this model")
-    copy = _copy_for_rank0(model)
-    if hasattr(model, "lean_decode"):
-        model.lean_decode = False
+    plain = copy.deepcopy(model).eval() if is_main() else None  # taken before sharding: plain tensors
     for block in blocks:
         fully_shard(block)
-        register_fsdp_forward_method(block, "on_tokens")
+        register_fsdp_forward_method(block, BLOCK_METHOD)
     fully_shard(model)
-    for name in FSDP_METHODS:
+    for name in ROOT_METHODS:
         if hasattr(model, name):
             register_fsdp_forward_method(model, name)
-    _rank0_copies[model] = copy
+    _rank0_copies[model] = plain
     return model
-
-
-def _copy_for_rank0(model: nn.Module) -> nn.Module | None:
-    import copy
-
-    return copy.deepcopy(model).eval() if is_main() else None
 
 
 # A sharded model -> rank 0's plain copy of it (None on the other ranks). Kept outside the module: a module set as

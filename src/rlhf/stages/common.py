@@ -274,13 +274,14 @@ def restore_training_state(
     if state is None:
         return None
     tensors, meta = state
+    path = latest_resume(out)
     sharded = any(is_sharded(m) for m in models.values())
     if bool(meta.get("sharded")) != sharded or (sharded and meta.get("world") != world()):
         wrote = (
             f"--strategy fsdp with {meta.get('world')} processes" if meta.get("sharded") else "--strategy ddp"
         )
         raise UserError(
-            f"{latest_resume(out)}: written by a run with {wrote}; resume it the same way (resharding to another "
+            f"{path}: written by a run with {wrote}; resume it the same way (resharding to another "
             "process count is not supported yet)"
         )
     if sharded:  # every process reads its own shards
@@ -290,7 +291,7 @@ def restore_training_state(
         for name, m in models.items():
             msd, osd = get_state_dict(m, optimizers[name])
             state_dicts = {f"model.{name}": msd, f"optim.{name}": osd}
-            dcp.load(state_dicts, checkpoint_id=str(latest_resume(out) / "shards"))
+            dcp.load(state_dicts, checkpoint_id=str(path / "shards"))
             set_state_dict(m, optimizers[name], model_state_dict=msd, optim_state_dict=osd)
         set_rng_state(tensors, meta["rng"])
         return meta["step"], meta["extra"]

@@ -345,7 +345,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     # 11. Save the policy (a normal policy checkpoint: `rlhf sample`, `rlhf compare` and RL again can read it).
     config = {
         **sft_cfg,
-        "stage": cfg.advantage if cfg.advantage != "gae" else "ppo",
+        "stage": cfg.stage,
         "parent": str(cfg.sft),
         "reward": str(cfg.reward) if cfg.reward_fn == "model" else cfg.reward_fn,
         "step": update,

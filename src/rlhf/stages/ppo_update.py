@@ -93,16 +93,14 @@ def ppo_update(
             if world() > 1:  # every process stops together (a lone stop would leave the others waiting)
                 bad = bad or (["other process's"] if float(all_reduce_sum(float(bool(bad)))) else [])
             if bad:  # checked before the step: the weights stay finite
-                stage = "ppo" if cfg.advantage == "gae" else cfg.advantage
                 what = {"pg": "policy loss", "vf": "value loss", "kl": "KL loss"}.get(bad[0], "loss")
-                raise non_finite(stage, f"{what} ({parts.get(bad[0])})", update + 1, cfg.out)
+                raise non_finite(cfg.stage, f"{what} ({parts.get(bad[0])})", update + 1, cfg.out)
             for k, v in parts.items():
                 acc[k].append(v)
             # A finite loss can still give a non-finite gradient (an overflow in the backward): checked too, on
             # the norm every process shares after DDP's all-reduce (one foreach kernel when not clipping).
             if not math.isfinite(clip_grads(model, cfg.optim.grad_clip)):
-                stage = "ppo" if cfg.advantage == "gae" else cfg.advantage
-                raise non_finite(stage, "gradient norm", update + 1, cfg.out)
+                raise non_finite(cfg.stage, "gradient norm", update + 1, cfg.out)
             opt.step()
             opt.zero_grad(set_to_none=True)
 
