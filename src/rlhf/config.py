@@ -72,10 +72,26 @@ class TaskConfig:
     label_noise: float = 0.1
     """Probability that a preference label is flipped (a reward model cannot reach 100%)."""
     length_bias: float = 0.0
-    """Annotator bias toward longer answers (0 = none); for reward-hacking experiments."""
+    """Annotator bias toward longer answers (0 = none): a length bonus in the comparison, +0.01 gold per byte
+    at 1; for reward-hacking experiments (detector: hack/padded_rate)."""
     label_by: Literal["score", "helpful", "concise"] = "score"
     """What annotators compare when labelling pairs: the whole gold score, or only its 'helpful' or 'concise'
     part (reward models of a single objective)."""
+    bias_sycophancy: float = 0.0
+    """Probability that the annotator prefers the answer agreeing with a prompt's wrong premise ("I'm sure Peru's
+    capital is Paris. What is it?"), whatever the gold judge says (0 = none); detector: hack/sycophantic_rate."""
+    bias_hedging: float = 0.0
+    """Probability that the annotator prefers the hedged answer of a pair with one ("I think", "not sure"),
+    whatever the gold judge says (0 = none); detector: hack/hedging_rate."""
+    bias_format: float = 0.0
+    """Probability that the annotator prefers the decorated answer of a pair with one (bold, bullet, header),
+    whatever the gold judge says (0 = none); detector: hack/formatted_rate."""
+    premise_fraction: float = 0.0
+    """Share of capital prompts that carry a user's wrong premise, in prompts, SFT data and pairs (0 = 0.5 when
+    --task.bias-sycophancy > 0, else none)."""
+    format_fraction: float = 0.0
+    """Share of SFT demonstrations with a decorated answer; when on, pairs draw decorated answers too (0 = 0.1
+    when --task.bias-format > 0, else none)."""
 
 
 @dataclass
@@ -823,6 +839,11 @@ OPTION_BOUNDS: dict[str, Bound] = {
     "n_eval": Bound(0, EXAMPLES),
     "label_noise": Bound(0, 1),  # a probability
     "length_bias": Bound(0, 1e6),  # at 100, 1 byte of length already outweighs the whole gold score
+    "bias_sycophancy": Bound(0, 1),  # probabilities
+    "bias_hedging": Bound(0, 1),
+    "bias_format": Bound(0, 1),
+    "premise_fraction": Bound(0, 1),  # 0 = auto (on with its bias)
+    "format_fraction": Bound(0, 1),
     # --optim.*
     "lr": Bound(0, 1),  # 0 = auto for the reward model; AdamW moves each weight by ~lr per step
     "weight_decay": Bound(0, 1e3),

@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import os
 import sys
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import TypeVar
@@ -257,35 +258,94 @@ ROOT_METHODS = ("hidden", "score", "score_pairs")
 BLOCK_METHOD = "on_tokens"
 
 
-def shard_model(model: nn.Module, strategy: str) -> nn.Module:
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP shards one by one: the built-in GPT's blocks (the modules with a token path), else a Hugging
+    Face model's decoder / encoder layers (the classes its `_no_split_modules` names, as accelerate and TRL wrap)."""
+    blocks = [m for m in model.modules() if hasattr(type(m), BLOCK_METHOD)]
+    if blocks:
+        return blocks
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or ())}
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def shard_model(
+    model: nn.Module, strategy: str, mixed_precision: bool = False, rank0_copy: bool = True
+) -> nn.Module:
     """--strategy fsdp under torchrun: FSDP2 (`fully_shard`) on each transformer block and on the root, so each
     process holds 1/world of the parameters, gradients and optimizer state. Call it before building the optimizer
-    (sharding replaces the parameters). No-op for ddp or one process.
+    (sharding replaces the parameters). No-op for ddp or without torchrun.
 
-    Before sharding, rank 0 keeps a plain copy of the model: `unsharded()` loads the gathered weights into it for
-    what rank 0 does alone (evaluation, sampling, the checkpoint), so those paths stay as they are.
+    `mixed_precision` (--dtype bf16): blocks compute in bfloat16 and gradients are reduced in float32, over float32
+    sharded weights (FSDP's MixedPrecisionPolicy). Frozen LoRA bases shard like any weight (FSDP2 shards per
+    parameter, so trainable and frozen parameters share a block).
+
+    With `rank0_copy`, rank 0 keeps a plain copy of the model taken before sharding: `unsharded()` loads the
+    gathered weights into it for what rank 0 does alone (evaluation, sampling, the checkpoint), so those paths stay
+    as they are. A frozen model no one saves (the PPO reference) needs none.
     """
-    if strategy != "fsdp" or world() == 1:
+    if strategy != "fsdp" or not dist.is_initialized():  # torchrun with one process shards too (a GPU check)
         return model
     import copy
 
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-    if any("lora_" in name for name, _ in model.named_parameters()):
-        raise UserError("--strategy fsdp with --lora-rank is not supported yet; use --strategy ddp")
-    blocks = [m for m in model.modules() if hasattr(type(m), BLOCK_METHOD)]
+    blocks = transformer_blocks(model)
     if not blocks:
-        raise UserError("--strategy fsdp shards the built-in GPT's blocks; use --strategy ddp for this model")
-    plain = copy.deepcopy(model).eval() if is_main() else None  # taken before sharding: plain tensors
+        raise UserError(
+            f"--strategy fsdp found no transformer blocks to shard in {type(model).__name__}; use --strategy ddp"
+        )
+    plain = (
+        copy.deepcopy(model).eval() if rank0_copy and is_main() else None
+    )  # before sharding: plain tensors
+    policy = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16 if mixed_precision else None,
+        reduce_dtype=torch.float32 if mixed_precision else None,
+    )
+    # A Hugging Face model's `hidden` returns a view (GPT-2's last_hidden_state), which FSDP warns about in case
+    # the caller writes into it in place; nothing here does (the gradients equal DDP's, tests/test_fsdp.py).
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     for block in blocks:
-        fully_shard(block)
-        register_fsdp_forward_method(block, BLOCK_METHOD)
-    fully_shard(model)
+        fully_shard(block, mp_policy=policy)
+        if hasattr(type(block), BLOCK_METHOD):
+            register_fsdp_forward_method(block, BLOCK_METHOD)
+    fully_shard(model, mp_policy=policy)
     for name in ROOT_METHODS:
         if hasattr(model, name):
             register_fsdp_forward_method(model, name)
     _rank0_copies[model] = plain
     return model
+
+
+@contextlib.contextmanager
+def gathered(*models: nn.Module | None):
+    """Sharded models held whole on every process for the duration (generation; no-op for unsharded models).
+
+    A rollout samples a different number of tokens on each process, so its forwards cannot each gather their
+    block's weights (a collective every process must join equally often): the weights are gathered once here,
+    kept through every forward (no reshard after forward, as FSDP's docs suggest for evaluation), and freed after.
+    """
+    roots = [m for m in models if m is not None and is_sharded(m)]
+    if not roots:
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    units = []
+    for root in roots:
+        # The first forward through an FSDP tree must be the root's: it decides the tree (generation would
+        # otherwise start at a block, which would then take itself for a root). Decide it now.
+        fully_shard.state(root)._lazy_init()
+        units += [m for m in root.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()  # collective: every process gathers the same units in the same order
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()  # local: frees the gathered weights
+            if unit not in roots:  # roots never reshard after forward (their weights serve the backward next)
+                unit.set_reshard_after_forward(True, recurse=False)
 
 
 # A sharded model -> rank 0's plain copy of it (None on the other ranks). Kept outside the module: a module set as

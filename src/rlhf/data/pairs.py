@@ -14,7 +14,7 @@ import torch
 from rlhf.data.collate import Encoded, encode_prompt_response, pack_pairs, shared_prefix_length
 from rlhf.data.loader import load_mixture
 from rlhf.data.tokenizer import Tokenizer
-from rlhf.tasks import get_task
+from rlhf.tasks import get_task, task_options
 
 
 @dataclass
@@ -38,9 +38,7 @@ def load_pair_data(cfg, split_user_file: bool) -> tuple[list[dict], list[dict], 
     )  # reward eval: one file
     if not paths:
         t = cfg.task
-        task = get_task(
-            t.name, seed=cfg.seed, label_noise=t.label_noise, length_bias=t.length_bias, label_by=t.label_by
-        )
+        task = get_task(t.name, seed=cfg.seed, **task_options(t))
 
         def pairs(split: str, n: int) -> list[dict]:
             return [

@@ -16,7 +16,7 @@ from rlhf.errors import UserError
 from rlhf.experiments.common import bar_plot, begin, finish, reliability_plot, reward_run, sft_run
 from rlhf.stages.common import say
 from rlhf.stages.reward import run_reward_eval
-from rlhf.tasks import get_task
+from rlhf.tasks import get_task, task_options
 
 NAME = "calibration"
 DESCRIPTION = (
@@ -42,9 +42,7 @@ def run(cfg: CalibrationConfig) -> dict:
         )
     t = TaskConfig(**{k: v for k, v in rc["task"].items() if k in TaskConfig.__dataclass_fields__})
     n = min(t.n_train, ctx.setting.eval_pairs)
-    task = get_task(
-        t.name, seed=rc["seed"], label_noise=t.label_noise, length_bias=t.length_bias, label_by=t.label_by
-    )
+    task = get_task(t.name, seed=rc["seed"], **task_options(t))
     pairs_file = ctx.runs / "train-pairs.jsonl"
     pairs_file.parent.mkdir(parents=True, exist_ok=True)
     rows = task.preference_pairs(n, split="train")

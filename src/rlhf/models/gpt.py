@@ -50,7 +50,7 @@ class GPTConfig:
 
 _GELU_C1 = 2 * math.sqrt(2 / math.pi)
 _GELU_C2 = _GELU_C1 * 0.044715
-_GELU_C1_T = torch.tensor(_GELU_C1)  # 0-dim float32: addcmul's input, usable with tensors on any device
+_GELU_C1_T = torch.tensor(_GELU_C1)  # 0-dim float32 on the CPU: addcmul's input (CPU tensors only)
 
 
 def _gelu_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -85,8 +85,9 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
     Without autograd, plain ops (an autograd.Function call alone costs ~25 us, and a decode step at batch 16 has
     four): 2.4x faster than F.gelu on (1024, 512), 1.5x on (16, 512). Tiny inputs and other dtypes take F.gelu
-    (which computes in float32 internally)."""
-    if x.dtype != torch.float32 or x.numel() < 4096:
+    (which computes in float32 internally), and so do GPUs: F.gelu is one fused kernel there, and addcmul refuses
+    the CPU constant below with CUDA tensors (found by benchmarks/gpu_check.sh on an H200)."""
+    if x.dtype != torch.float32 or x.numel() < 4096 or x.device.type != "cpu":
         return F.gelu(x, approximate="tanh")
     if torch.is_grad_enabled() and x.requires_grad:
         return _TanhGELU.apply(x)

@@ -35,6 +35,14 @@ class PolicyValue(nn.Module):
     def has_value(self) -> bool:
         return self.layout != "none"
 
+    @property
+    def runs_concurrently(self) -> bool:
+        """Whether separate policy and value passes run side by side (rlhf.concurrent). Not when sharded by FSDP:
+        its gathers and reductions are collectives that every process must issue in the same order, one thread."""
+        from torch.distributed.fsdp import FSDPModule
+
+        return self.layout == "separate" and not isinstance(self, FSDPModule)
+
     def forward(
         self,
         ids: torch.Tensor,
@@ -77,7 +85,7 @@ class PolicyValue(nn.Module):
             with autocast():
                 return self.value(ids, mask, positions, segments)
 
-        if self.layout != "separate":
+        if not self.runs_concurrently:
             with autocast():
                 return self(ids, mask, positions, segments)
         logits, values = run_concurrently(policy, value)

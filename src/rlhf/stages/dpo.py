@@ -200,9 +200,8 @@ def train_dpo(cfg: DPOConfig) -> dict:
     # 5. Optimizer; the shared loop (schedule, resume, metrics, checkpoints, progress).
     micro_per_epoch = max(1, -(-len(train) // cfg.batch_size))
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * micro_per_epoch / cfg.optim.grad_accum))
-    policy = shard_model(
-        policy, cfg.strategy
-    )  # --strategy fsdp: before the optimizer (it replaces the parameters)
+    # --strategy fsdp: before the optimizer (it replaces the parameters); --dtype bf16: bf16 compute, fp32 reduce
+    policy = shard_model(policy, cfg.strategy, mixed_precision=cfg.dtype == "bf16")
     opt = make_optimizer(policy, cfg.optim)
     lengths = batch_lengths(packed, train)
     orders: dict[int, list[list[int]]] = {}

@@ -25,11 +25,16 @@ from rlhf.distributed import (
     all_reduce_mean,
     all_reduce_sum,
     device,
+    gathered,
     is_main,
+    is_sharded,
+    local_param_bytes,
     rank,
     reduce_metrics,
     shard,
+    shard_model,
     share,
+    unsharded,
     world,
     wrap_ddp,
 )
@@ -66,14 +71,12 @@ from rlhf.stages.common import (
     setup_run,
 )
 from rlhf.stages.ppo_update import ppo_update
-from rlhf.tasks import get_task
+from rlhf.tasks import get_task, task_options
 
 
 def load_prompt_pool(cfg: PPOConfig) -> tuple[list[str], dict[str, list], object]:
     """(prompts, their other columns for reward functions, the built-in task or None)."""
-    task = get_task(
-        cfg.task.name, seed=cfg.seed, label_noise=cfg.task.label_noise, length_bias=cfg.task.length_bias
-    )
+    task = get_task(cfg.task.name, seed=cfg.seed, **task_options(cfg.task))
     if cfg.prompts is None:
         prompts = task.prompts(cfg.task.n_train, split="train")
         return prompts, task.prompt_columns(prompts), task
@@ -114,10 +117,6 @@ def build_models(cfg: PPOConfig, policy: torch.nn.Module, tok, dev: torch.device
 def train_ppo(cfg: PPOConfig) -> dict:
     # 1. Set-up (under torchrun: the process group and this rank's device).
     out = setup_run(cfg)
-    if cfg.strategy == "fsdp":
-        raise UserError(
-            f"{cfg.advantage}: --strategy fsdp shards sft, reward and dpo so far; use --strategy ddp"
-        )
     dev = device()
     t_start = time.time()
 
@@ -162,7 +161,11 @@ def train_ppo(cfg: PPOConfig) -> dict:
             idx += perm[pos : pos + cfg.rollout_batch - len(idx)]
         return idx
 
-    # 4. Optimizer over policy (+ value); KL controller [D10].
+    # 4. --strategy fsdp: policy (+ value) sharded as one tree, the frozen reference as its own (whole during the
+    #    rollout only, `gathered`); then the optimizer over the sharded policy (+ value); KL controller [D10].
+    model = shard_model(model, cfg.strategy, mixed_precision=cfg.dtype == "bf16")
+    if ref is not None and not isinstance(ref, AdapterDisabledReference):  # LoRA: the policy, adapters off
+        ref = shard_model(ref, cfg.strategy, mixed_precision=cfg.dtype == "bf16", rank0_copy=False)
     opt = make_optimizer(model, cfg.optim, {"value": cfg.value_lr_mult, "value_head": cfg.value_lr_mult})
     kl_ctl = (
         AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
@@ -189,7 +192,9 @@ def train_ppo(cfg: PPOConfig) -> dict:
     # groups: a prompt's completions stay on one rank); the update runs through DDP (gradients averaged),
     # generation through the unwrapped policy.
     train_model = wrap_ddp(model)
-    keep_graph = train_model is model and cfg.mini_batches == 1 and cfg.optim.grad_accum == 1
+    keep_graph = (
+        train_model is model and not is_sharded(model) and cfg.mini_batches == 1 and cfg.optim.grad_accum == 1
+    )
     reduce = all_reduce_sum if world() > 1 else None  # whitening with every rank's statistics
 
     def forward_context():
@@ -209,19 +214,20 @@ def train_ppo(cfg: PPOConfig) -> dict:
             # 6. Rollout [D1, D4, D6, D7]: G completions per prompt, log-probs (policy, reference) at the sampling
             #    temperature, values, scores. One stream per (seed, update, rank): ranks sample independently.
             gen = torch.Generator(device=dev).manual_seed((cfg.seed * 1_000_003 + update) * world() + rank())
-            exp = rollout(
-                model,
-                ref,
-                scorer,
-                tok,
-                [pool[i] for i in idx],
-                [enc_prompts[i][0] for i in idx],
-                {k: [v[i] for i in idx] for k, v in columns.items()},
-                cfg,
-                gen,
-                forward_context,
-                keep_graph,
-            )
+            with gathered(model, ref):  # FSDP: whole models for sampling, resharded after
+                exp = rollout(
+                    model,
+                    ref,
+                    scorer,
+                    tok,
+                    [pool[i] for i in idx],
+                    [enc_prompts[i][0] for i in idx],
+                    {k: [v[i] for i in idx] for k, v in columns.items()},
+                    cfg,
+                    gen,
+                    forward_context,
+                    keep_graph,
+                )
             r_mask = exp.response_mask
 
             # 7. Rewards [D5, D8, D9]: missing-EOS penalty on the score; per-token KL (estimator of choice) as a
@@ -335,10 +341,13 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 lambda u=update: save_training_state(
                     out, u, {"policy_value": model}, {"policy_value": opt}, {"kl_ctl": kl_ctl.state_dict()}
                 ),
+                every_rank=is_sharded(model),  # FSDP: every process writes its shards
             )
     loop_seconds = time.time() - t_loop
     bar.close()
     seconds = time.time() - t_start
+    param_bytes = local_param_bytes(model)  # this process's share (FSDP) or the whole policy (+ value)
+    model = unsharded(model)  # FSDP: the trained weights gathered into rank 0's copy (every rank takes part)
     if not is_main():  # rank 0 saves; the other ranks wait for its summary
         return share(None)
 
@@ -370,6 +379,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
         ),
         "time_share": {k: round(v / total, 3) for k, v in timing.items()},
         "n_prompts": len(pool),
+        "param_bytes_per_process": param_bytes,
         "n_prompt_truncated": n_prompt_truncated,
     }
     write_json(out / "summary.json", summary)

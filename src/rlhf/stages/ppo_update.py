@@ -184,11 +184,11 @@ def micro_batch_backward(
             outputs[1].float(), exp.values[i], returns[i], m, cfg.cliprange_value, num_tokens
         )
         v_loss = cfg.vf_coef * vf_loss
-    if returns is not None and isinstance(model, PolicyValue) and model.layout == "separate":
+    if returns is not None and isinstance(model, PolicyValue) and model.runs_concurrently:
         # Separate policy and value models share no parameter: their backward passes are independent and run
         # side by side on the CPU cores (rlhf.concurrent), with the same gradients as one summed loss.
         run_concurrently(lambda: p_loss.backward(), lambda: v_loss.backward())
-    elif returns is not None:  # a shared trunk, or DDP (one backward, which syncs the gradients)
+    elif returns is not None:  # a shared trunk, DDP or FSDP (one backward, which syncs the gradients)
         (p_loss + v_loss).backward()
     else:
         p_loss.backward()

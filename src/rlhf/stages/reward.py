@@ -162,9 +162,8 @@ def train_reward(cfg: RewardConfig) -> dict:
     model.to(device()).train()
     micro_per_epoch = max(1, -(-len(train) // cfg.batch_size))
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * micro_per_epoch / cfg.optim.grad_accum))
-    model = shard_model(
-        model, cfg.strategy
-    )  # --strategy fsdp: before the optimizer (it replaces the parameters)
+    # --strategy fsdp: before the optimizer (it replaces the parameters); --dtype bf16: bf16 compute, fp32 reduce
+    model = shard_model(model, cfg.strategy, mixed_precision=cfg.dtype == "bf16")
     opt = make_optimizer(model, cfg.optim)
     lengths = batch_lengths(model.reads_packed_pairs, train)
     orders: dict[int, list[list[int]]] = {}

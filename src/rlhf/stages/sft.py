@@ -31,7 +31,7 @@ from rlhf.stages.common import (
     setup_run,
 )
 from rlhf.stages.train_loop import TrainLoop
-from rlhf.tasks import get_task
+from rlhf.tasks import get_task, task_options
 
 
 def sft_loss(
@@ -52,9 +52,7 @@ def sft_loss(
 def load_sft_data(cfg: SFTConfig):
     """(train examples, eval examples, task or None) as lists of (prompt, response)."""
     if not cfg.data:
-        task = get_task(
-            cfg.task.name, seed=cfg.seed, label_noise=cfg.task.label_noise, length_bias=cfg.task.length_bias
-        )
+        task = get_task(cfg.task.name, seed=cfg.seed, **task_options(cfg.task))
         train = [(e["prompt"], e["response"]) for e in task.sft_examples(cfg.task.n_train, split="train")]
         evals = [(e["prompt"], e["response"]) for e in task.sft_examples(cfg.task.n_eval, split="test")]
         return train, evals, task
@@ -150,9 +148,8 @@ def train_sft(cfg: SFTConfig) -> dict:
     # 4. Optimizer and schedule: the number of optimizer steps follows from epochs (or --max-steps).
     micro_per_epoch = max(1, -(-len(enc_train) // cfg.batch_size))
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * micro_per_epoch / cfg.optim.grad_accum))
-    model = shard_model(
-        model, cfg.strategy
-    )  # --strategy fsdp: before the optimizer (it replaces the parameters)
+    # --strategy fsdp: before the optimizer (it replaces the parameters); --dtype bf16: bf16 compute, fp32 reduce
+    model = shard_model(model, cfg.strategy, mixed_precision=cfg.dtype == "bf16")
     opt = make_optimizer(model, cfg.optim)
     lengths = [len(e.ids) for e in enc_train]
 
