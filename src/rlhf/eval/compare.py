@@ -154,6 +154,11 @@ def run_compare(cfg: CompareConfig) -> dict:
                 "gold_win_rate": float(wins) / len(rows_ppo),
             }
         )
+        # The share of samples showing each annotator bias (tasks.judge.detect): a hack shows as a rising rate.
+        for name, rows in (("sft", rows_sft), ("ppo", rows_ppo)):
+            summary[f"hack_{name}"] = task.hack_rates(
+                [r["prompt"] for r in rows], [r["response"] for r in rows]
+            )
     train_summary = Path(cfg.policy) / "summary.json"
     if train_summary.exists():
         t = json.loads(train_summary.read_text())
@@ -185,6 +190,10 @@ def format_table(s: dict) -> str:
     ]:
         if a is not None:
             lines.append(f"{row:<18}{format(a, fmt):>10}{format(b, fmt):>10}")
+    for key, a in s.get("hack_sft", {}).items():  # hack/padded_rate -> "padded rate"
+        b = s["hack_ppo"][key]
+        if a or b:
+            lines.append(f"{key.removeprefix('hack/').replace('_', ' '):<18}{a:>10.2f}{b:>10.2f}")
     if "gold_diff_ci95" in s:
         lo, hi = s["gold_diff_ci95"]
         lines.append(
