@@ -317,6 +317,10 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 if exp.gold:
                     row["gold/score"] = sum(exp.gold) / len(exp.gold)
                 if (
+                    task is not None
+                ):  # the share of completions showing each bias the task's labeller may have
+                    row |= task.hack_rates(exp.prompts, exp.texts)
+                if (
                     len(exp.score_parts) > 1 or cfg.reward_weights
                 ):  # each source's mean score, before weighting
                     row |= {f"objective/scores_{i}": float(p.mean()) for i, p in enumerate(exp.score_parts)}
