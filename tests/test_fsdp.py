@@ -159,3 +159,30 @@ def test_hugging_face_lora_and_bf16_mixed_precision_under_fsdp(tmp_path):
     assert all(w.dtype == torch.float32 for w in weights.values())
     # bf16 weights in the forward vs float32 weights under autocast: the same update to bf16's precision
     assert max_difference(tmp_path / "bf16-ddp", tmp_path / "bf16-fsdp") < 1e-2
+
+
+@pytest.mark.slow
+def test_ppo_resume_under_fsdp_is_bit_identical(sft_one, reward_one, tmp_path):
+    """PPO's sharded resume checkpoint (policy + value shards, AdamW shards, the KL controller, RNG states): resuming
+    from update 1 of 3 ends at the straight run's weights exactly."""
+    argv = [
+        "ppo",
+        "--sft",
+        str(sft_one),
+        "--reward",
+        str(reward_one),
+        *RL,
+        "--episodes",
+        "12",
+        "--strategy",
+        "fsdp",
+    ]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    res = torchrun(*argv, "--out", str(straight))
+    assert res.returncode == 0, res.stderr[-4000:]
+    shutil.copytree(straight / "resume" / "step-0000001", resumed / "resume" / "step-0000001")
+    (resumed / "resume" / "latest").write_text("step-0000001\n")
+    res = torchrun(*argv, "--out", str(resumed), "--resume")
+    assert res.returncode == 0 and "resumed at update 1" in res.stderr, res.stderr[-4000:]
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

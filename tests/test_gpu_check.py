@@ -25,3 +25,7 @@ def test_gpu_check_runs_on_the_cpu(tmp_path: Path) -> None:
     ]  # (bf16 is measured on a GPU; on the CPU test_device trains in it)
     assert all(v > 0 for v in figures.values()), figures
     assert "GRPO compl/s" in res.stdout and "summary: " in res.stdout
+    fsdp = summary["fsdp"]  # 2 gloo processes: SFT and GRPO sharded
+    assert fsdp["processes"] == 2 and fsdp["sft_tokens_per_s"] > 0 and fsdp["grpo_completions_per_s"] > 0, (
+        fsdp
+    )
