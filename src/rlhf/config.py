@@ -28,8 +28,10 @@ from rlhf.data.loader import ColumnKeys
 from rlhf.errors import UserError
 from rlhf.models.gpt import GPTConfig
 
-
 # ------------------------------------------------------------------------------------------------ shared parts
+EnsembleReduce = Literal["mean", "min", "mean-minus-std"]  # rlhf.rl.ENSEMBLE_REDUCTIONS
+
+
 @dataclass
 class RunConfig:
     """Options every command takes."""
@@ -307,6 +309,12 @@ class RewardConfig(TrainConfig):
     """Continue from the newest resume checkpoint in --out."""
     n_bins: int = 10
     """Bins of the reliability table / expected calibration error."""
+    ensemble: int = 1
+    """Train K reward models into one run directory (PPO/GRPO and `reward eval` read them as an ensemble): each on
+    its own bootstrap resample of the training pairs, member k with seed + k, one after another (1 = one model)."""
+    ensemble_shared_trunk: bool = False
+    """With --ensemble K: one trunk with K linear heads, each fitted to its own bootstrap weights of the pairs - one
+    forward for all K, ~1/K of the time, but the heads disagree far less than independent members."""
 
     def __post_init__(self):
         # Hugging Face defaults tuned on HH-RLHF harmless with MiniLM-L6 on 2 CPU cores (benchmarks/README.md):
@@ -315,6 +323,8 @@ class RewardConfig(TrainConfig):
         # The built-in GPT (from an SFT checkpoint): 1e-3 learned to check answers faster than 3e-4 on the
         # built-in task (held-out accuracy 0.738 vs 0.717 after 200 steps; 3e-3 was worse).
         super().__post_init__()
+        if self.ensemble_shared_trunk and self.ensemble < 2:
+            raise UserError("--ensemble-shared-trunk needs --ensemble K with K >= 2 (the number of heads)")
         hf = self.model != "gpt"
         if self.optim.lr <= 0:
             self.optim.lr = 1e-4 if hf else 1e-3
@@ -369,6 +379,10 @@ class RewardEvalConfig(RunConfig):
     """Longest sequence in tokens (0 = the checkpoint's training max length)."""
     n_bins: int = 10
     """Bins of the reliability table."""
+    ensemble_reduce: EnsembleReduce = "mean"
+    """A reward-model ensemble's score (see `rlhf ppo --ensemble-reduce`); each member is also reported alone."""
+    ensemble_lambda: float = 1.0
+    """lambda of --ensemble-reduce mean-minus-std."""
 
 
 @dataclass
@@ -522,6 +536,12 @@ class PPOConfig(TrainConfig):
     """Completions that hit --response-length without EOS get no loss (DAPO overlong masking)."""
     normalize_reward: bool = True
     """Normalise reward-model scores with the reward model's stored mean/std (from its training)."""
+    ensemble_reduce: EnsembleReduce = "mean"
+    """One score from a reward-model ensemble's K normalised scores (`rlhf reward --ensemble K`): 'mean', 'min'
+    (worst case, Coste et al. 2023) or 'mean-minus-std' (mean - lambda x the members' std: uncertainty-penalised,
+    Eisenstein et al. 2023). A single reward model is unaffected."""
+    ensemble_lambda: float = 1.0
+    """lambda of --ensemble-reduce mean-minus-std (1 = Eisenstein et al.'s mean - std)."""
     reward_clip: float = 5.0
     """Clip normalised reward-model scores to +-reward_clip (0 = off)."""
     whiten_rewards: bool = False
@@ -636,6 +656,9 @@ class CompareConfig(RunConfig):
     """Sampling temperature (the same for both policies)."""
     bootstrap: int = 2000
     """Bootstrap resamples for the 95% confidence interval of the gold difference."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """The built-in task whose held-out prompts are compared (only its prompt options matter: --task.premise-fraction
+    puts wrong-premise prompts among them, so a sycophancy hack can show; n_train/n_eval are unused)."""
 
 
 @dataclass
@@ -780,6 +803,58 @@ class OverOptimizationConfig(ExperimentConfig):
     """Reuse this reward model (none = train one on length-biased pairs)."""
 
 
+@dataclass
+class IteratedConfig(ExperimentConfig):
+    """Iterated reward-model retraining: each round PPO against the current reward model, its samples labelled
+    against SFT's by the task's annotator and added to the reward model's pairs, which is retrained."""
+
+    out: Path = Path("runs/iterated")
+    """Experiment directory."""
+    rounds: int = 3
+    """Rounds R: R PPO runs (one per reward model RM_1..RM_R) and R - 1 retrainings."""
+    kl_coef: float = 0.005
+    """PPO KL coefficient of every round (small, so each policy finds its reward model's blind spots)."""
+    policy_pairs: int = 0
+    """(policy sample, SFT sample) pairs on training prompts labelled and added per round (0 = the setting's:
+    512 with --quick, 1,000 otherwise)."""
+    length_bias: float = 0.0
+    """The annotator's length bias (--task.length-bias) for the first pairs and every round's labels; with it
+    the annotator itself pays for padding, which retraining then cannot patch (see docs/experiments.md)."""
+
+
+BiasArm = Literal["control", "length", "sycophancy", "hedging", "format"]
+
+
+@dataclass
+class BiasesConfig(ExperimentConfig):
+    """One arm per annotator bias (length, sycophancy, hedging, format) against an unbiased control: the reward
+    model learns the bias, PPO at a small beta exploits it (hack rate up, proxy up, gold down), a larger beta holds
+    it back."""
+
+    out: Path = Path("runs/biases")
+    """Experiment directory."""
+    arms: list[BiasArm] = field(
+        default_factory=lambda: ["control", "length", "sycophancy", "hedging", "format"]
+    )
+    """Arms, each a reward model on pairs from an annotator with that bias ('control': none) and PPO against it."""
+    betas: list[float] = field(default_factory=lambda: [0.001, 0.5])
+    """KL coefficients (small, large) of the PPO runs of each arm (the kl-sweep's ends)."""
+    large_beta_arms: list[BiasArm] = field(default_factory=list)
+    """Arms that also get a PPO run at every larger beta (empty = every arm; --quick: 'length' and 'format' only,
+    to keep it short); the other arms run at the first beta only."""
+    strength: float = 0.8
+    """Probability that the sycophancy/hedging/format annotator picks the biased response outright."""
+    length_bias: float = 2.0
+    """The length arm's annotator length bias (--task.length-bias)."""
+    premise_fraction: float = 0.5
+    """Share of capital prompts with a wrong premise, in every arm (one SFT and the same prompts for all)."""
+    format_fraction: float = 0.1
+    """Share of SFT demonstrations with a decorated answer, in every arm (pairs then draw decorated answers)."""
+    bias_pairs: int = 0
+    """Held-out pairs per arm drawn to measure each reward model's bias preference (0 = the setting's: 400 with
+    --quick, 1,000 otherwise; only those where exactly one response has the property count)."""
+
+
 # ------------------------------------------------------------------------------------------------ option bounds
 @dataclass(frozen=True)
 class Bound:
@@ -887,6 +962,9 @@ OPTION_BOUNDS: dict[str, Bound] = {
     "label_smoothing": Bound(0, 0.5, hi_open=True),  # 0.5 = the labels carry no information
     "center_rewards": Bound(0),
     "n_bins": Bound(1, 1000),
+    "ensemble": Bound(1, 256),  # members trained one after another (or heads on one trunk)
+    # scores are normalised (std ~ 1): beyond ~10 the std is all that counts
+    "ensemble_lambda": Bound(0, 1e3),
     # dpo
     "beta": Bound(0, lo_open=True),
     "simpo_gamma": Bound(0),
@@ -928,6 +1006,10 @@ OPTION_BOUNDS: dict[str, Bound] = {
     "ExperimentConfig.betas": Bound(0),  # KL coefficients
     "helpful_weight": Bound(),
     "concise_weight": Bound(),
+    "rounds": Bound(1, 100),  # each round is a PPO run and a reward model
+    "policy_pairs": Bound(0, EXAMPLES),  # 0 = the setting's
+    "strength": Bound(0, 1),  # a probability
+    "bias_pairs": Bound(0, EXAMPLES),  # 0 = the setting's
 }
 
 

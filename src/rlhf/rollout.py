@@ -22,11 +22,18 @@ from rlhf.config import PPOConfig
 from rlhf.data.collate import pad, reencode
 from rlhf.data.tokenizer import Tokenizer, same_vocabulary
 from rlhf.generation import sample
-from rlhf.models.build import disable_dropout, load_scalar
+from rlhf.models.build import disable_dropout, load_reward_ensemble
 from rlhf.models.heads import ScalarModel
 from rlhf.models.policy_value import PolicyValue
 from rlhf.reward_fns import is_function_spec, load_reward_fn
-from rlhf.rl import entropy_from_logits, logprobs_from_logits, normalize_scores, weighted_scores
+from rlhf.rl import (
+    ensemble_std,
+    entropy_from_logits,
+    logprobs_from_logits,
+    normalize_scores,
+    reduce_ensemble,
+    weighted_scores,
+)
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -189,6 +196,16 @@ class Scorer:
         parts = [source(c) for source in self.sources]
         return weighted_scores(parts, self.weights), parts
 
+    def ensemble_metrics(self) -> dict[str, float]:
+        """The members' disagreement on the last scored batch, for each reward-model ensemble among the sources
+        (K > 1): `objective/ensemble_std` for --reward-fn, `objective/ensemble_std_{i}` for source i > 0."""
+        out = {}
+        for i, source in enumerate(self.sources):
+            std = getattr(source, "disagreement", None)
+            if std is not None:
+                out["objective/ensemble_std" + (f"_{i}" if i else "")] = std
+        return out
+
     def gold(self, c: Completions) -> list[float]:
         """The task's gold score of each completion ([] without the built-in task)."""
         if self.task is None:
@@ -196,23 +213,63 @@ class Scorer:
         return [self.task.score(p, t, bool(f)) for p, t, f in zip(c.prompts, c.texts, c.finished)]
 
 
-def reward_model_source(path, tok: Tokenizer, dev: torch.device, normalize: bool, clip: float) -> Source:
-    """A frozen reward model as a score source (normalised with its stored statistics, clipped)."""
-    model, rm_tok, rm_cfg = load_scalar(path)
-    disable_dropout(model).to(dev).eval().requires_grad_(False)
-    norm = rm_cfg.get("reward_norm") if normalize else None
-    inputs = RewardInputs(tok, rm_tok, rm_cfg)
+class RewardModelSource:
+    """A frozen reward model - or an ensemble of K (`rlhf reward --ensemble K`) - as a score source: each member's
+    scores normalised with its own stored statistics and clipped [D7], then reduced to one per completion
+    (`reduce_ensemble`: mean, min or mean - lambda * std). `disagreement`: the mean over the last batch of the
+    members' std (None for a single model)."""
 
-    packable = inputs.tok is None and model.pooling == "last" and reads_packed_groups(model.trunk)
+    def __init__(
+        self,
+        path,
+        tok: Tokenizer,
+        dev: torch.device,
+        normalize: bool,
+        clip: float,
+        reduce: str = "mean",
+        lam: float = 1.0,
+    ):
+        self.model, rm_tok, rm_cfg, norms = load_reward_ensemble(path)
+        disable_dropout(self.model).to(dev).eval().requires_grad_(False)
+        self.norms = norms if normalize else [None] * len(norms)
+        self.clip, self.reduce, self.lam = clip, reduce, lam
+        self.inputs = RewardInputs(tok, rm_tok, rm_cfg)
+        self.packable = (
+            self.inputs.tok is None and self.model.pooling == "last" and self.model.reads_packed_pairs
+        )
+        self.disagreement: float | None = None
 
-    def score(c: Completions) -> torch.Tensor:
-        if packable and c.packed is not None:  # each prompt once; the score at each completion's last token
-            with torch.inference_mode():
-                s = model(c.packed.ids, None, c.packed.last, c.packed.segments).reshape(-1).float()
-            return normalize_scores(s, norm["mean"] if norm else None, norm["std"] if norm else None, clip)
-        return score_responses(model, *inputs(c.ids, c.mask, c.prompts, c.texts, c.finished), norm, clip)
+    def __call__(self, c: Completions) -> torch.Tensor:
+        with torch.inference_mode():
+            if (
+                self.packable and c.packed is not None
+            ):  # each prompt once; the score at each completion's last token
+                s = self.model(c.packed.ids, None, c.packed.last, c.packed.segments)  # (K, B/G, G)
+            else:
+                s = self.model.score(*self.inputs(c.ids, c.mask, c.prompts, c.texts, c.finished))  # (K, B)
+            s = s.reshape(s.size(0), -1).float()
+        s = torch.stack(
+            [
+                normalize_scores(row, n["mean"] if n else None, n["std"] if n else None, self.clip)
+                for row, n in zip(s, self.norms)
+            ]
+        )
+        if len(s) > 1:
+            self.disagreement = float(ensemble_std(s).mean())
+        return reduce_ensemble(s, self.reduce, self.lam)
 
-    return score
+
+def reward_model_source(
+    path,
+    tok: Tokenizer,
+    dev: torch.device,
+    normalize: bool,
+    clip: float,
+    reduce: str = "mean",
+    lam: float = 1.0,
+) -> Source:
+    """A frozen reward model (or ensemble) as a score source: see RewardModelSource."""
+    return RewardModelSource(path, tok, dev, normalize, clip, reduce, lam)
 
 
 def build_scorer(cfg: PPOConfig, tok: Tokenizer, task, dev: torch.device) -> Scorer:
@@ -222,7 +279,7 @@ def build_scorer(cfg: PPOConfig, tok: Tokenizer, task, dev: torch.device) -> Sco
 
     def source(spec: str) -> Source:
         if spec == "model":
-            return reward_model_source(cfg.reward, tok, dev, cfg.normalize_reward, cfg.reward_clip)
+            return reward_model_source(*model_args(cfg.reward))
         if spec == "length":
             return lambda c: torch.tensor([len(t) / 100 for t in c.texts], device=dev)
         if spec == "gold":
@@ -234,7 +291,10 @@ def build_scorer(cfg: PPOConfig, tok: Tokenizer, task, dev: torch.device) -> Sco
         if is_function_spec(spec):
             fn = load_reward_fn(spec)
             return lambda c: fn(c.prompts, c.texts, c.columns).to(dev)
-        return reward_model_source(spec, tok, dev, cfg.normalize_reward, cfg.reward_clip)
+        return reward_model_source(*model_args(spec))
+
+    def model_args(path) -> tuple:
+        return path, tok, dev, cfg.normalize_reward, cfg.reward_clip, cfg.ensemble_reduce, cfg.ensemble_lambda
 
     specs = [cfg.reward_fn, *map(str, cfg.extra_rewards)]
     weights = list(cfg.reward_weights) or [1.0] * len(specs)

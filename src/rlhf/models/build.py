@@ -4,6 +4,11 @@ A checkpoint config names its backbone (`{"type": "gpt", "arch": {...}}` for the
 "config": {...}}` for a Hugging Face trunk, `{"type": "hf_causal", "config": {...}}` for a Hugging Face causal LM)
 and its tokenizer (`{"type": "byte"}`), plus `kind` ("policy" or "scalar"), and for scalar models the `pooling`
 and the reward normalisation. Everything that rebuilds a model from disk goes through here.
+
+A reward-model ensemble (`rlhf reward --ensemble K`) is one run directory whose config.json carries
+`"ensemble": {"size": K, "shared_trunk": ..., "members": [...], "reward_norm": [K statistics]}`: independent members
+are normal reward checkpoints in `member-k/` sub-directories; a shared trunk is one checkpoint with a K-output head.
+`load_reward_ensemble` reads either (and a plain reward model as K = 1); `load_scalar` reads member 0 of an ensemble.
 """
 
 from __future__ import annotations
@@ -14,11 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from rlhf.checkpoint import load_model_files, save_model
+from rlhf.checkpoint import CONFIG, load_model_files, read_json, save_model
 from rlhf.data.tokenizer import ByteTokenizer, Tokenizer
 from rlhf.errors import UserError
 from rlhf.models.gpt import GPT, GPTConfig
-from rlhf.models.heads import ScalarModel
+from rlhf.models.heads import RewardEnsemble, ScalarModel
 
 
 def save_tokenizer(tok: Tokenizer, directory: str | Path) -> dict:
@@ -98,15 +103,67 @@ def load_policy(directory: str | Path) -> tuple[nn.Module, Tokenizer, dict]:
     return model, build_tokenizer(config["tokenizer"], directory), config
 
 
-def load_scalar(directory: str | Path) -> tuple[ScalarModel, Tokenizer, dict]:
-    """(scalar model, tokenizer, config) from a reward or value checkpoint."""
+def ensemble_spec(directory: str | Path) -> dict | None:
+    """The `ensemble` entry of a checkpoint's config.json (None for a single model or no readable config)."""
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        return None  # load_model_files says what is missing
+    config = read_json(path)
+    spec = config.get("ensemble") if isinstance(config, dict) else None
+    if spec is not None and not (
+        isinstance(spec, dict) and isinstance(spec.get("size"), int) and spec["size"] >= 1
+    ):
+        raise UserError(f"{path}: malformed 'ensemble' entry; re-run the stage that wrote it")
+    return spec
+
+
+def _load_heads(directory: str | Path) -> tuple[ScalarModel, Tokenizer, dict]:
+    """(scalar model with every head the checkpoint stores, tokenizer, config) of one checkpoint file set."""
     state, config = load_model_files(directory)
     _check_keys(config, directory)
     if config.get("kind") != "scalar":
         raise UserError(f"{directory}: is a {config.get('kind')!r} checkpoint, expected a reward model")
-    model = ScalarModel(build_backbone(config["backbone"]), pooling=config.get("pooling", "last"))
+    spec = config.get("ensemble") or {}
+    n_heads = spec["size"] if spec.get("shared_trunk") else 1
+    model = ScalarModel(build_backbone(config["backbone"]), config.get("pooling", "last"), n_heads)
     load_state(model, state, directory)
     return model, build_tokenizer(config["tokenizer"], directory), config
+
+
+def load_scalar(directory: str | Path) -> tuple[ScalarModel, Tokenizer, dict]:
+    """(scalar model, tokenizer, config) from a reward or value checkpoint; of an ensemble, member 0 (where one
+    model is read: a value model's start, `rlhf export`)."""
+    spec = ensemble_spec(directory)
+    if spec is not None and not spec.get("shared_trunk"):
+        return load_scalar(Path(directory) / spec["members"][0])
+    model, tok, config = _load_heads(directory)
+    if model.n_heads > 1:  # a shared trunk: head 0 on it
+        one = ScalarModel(model.trunk, model.pooling).to(model.head.weight.device)
+        with torch.no_grad():
+            one.head.weight.copy_(model.head.weight[:1])
+            one.head.bias.copy_(model.head.bias[:1])
+        model = one
+    return model, tok, config
+
+
+def load_reward_ensemble(directory: str | Path) -> tuple[RewardEnsemble, Tokenizer, dict, list[dict | None]]:
+    """(ensemble scoring (K, B), tokenizer, config, each member's reward normalisation statistics) from a reward
+    checkpoint: an ensemble run directory, or a plain reward model (K = 1)."""
+    spec = ensemble_spec(directory)
+    if spec is None:
+        model, tok, config = _load_heads(directory)
+        return RewardEnsemble([model]), tok, config, [config.get("reward_norm")]
+    norms = list(spec.get("reward_norm") or [None] * spec["size"])
+    if spec.get("shared_trunk"):
+        model, tok, config = _load_heads(directory)
+        return RewardEnsemble([model]), tok, config, norms
+    config = read_json(Path(directory) / CONFIG)
+    members = [_load_heads(Path(directory) / m) for m in spec["members"]]
+    if len(members) != spec["size"] or len(norms) != spec["size"]:
+        raise UserError(
+            f"{Path(directory) / CONFIG}: 'ensemble' lists {len(members)} members for size {spec['size']}"
+        )
+    return RewardEnsemble([m for m, _, _ in members]), members[0][1], config, norms
 
 
 def save_checkpoint(directory: str | Path, model: nn.Module, config: dict) -> None:

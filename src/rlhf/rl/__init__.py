@@ -2,8 +2,8 @@
 
 - stats: masked mean / variance / whitening (optionally over all processes, via a caller's all_reduce) and
   explained variance;
-- rewards: reward-model score shaping (missing-EOS penalty, fixed normalisation, weighted sums) and the
-  per-token rewards (KL penalty on every token, score on the last);
+- rewards: reward-model score shaping (missing-EOS penalty, fixed normalisation, weighted sums, ensemble
+  reductions) and the per-token rewards (KL penalty on every token, score on the last);
 - advantages: KL estimators, GAE, discounted returns, GRPO / Dr. GRPO, RLOO, REINFORCE++, and ADVANTAGES,
   the estimators behind one common signature;
 - losses: PPO policy (with clip-higher) and value losses, the DPO family and SimPO, loss aggregation over tokens / sequences, clip
@@ -34,11 +34,22 @@ from rlhf.rl.losses import (
     ppo_value_loss,
     simpo_loss,
 )
-from rlhf.rl.rewards import missing_eos_penalty, normalize_scores, per_token_rewards, weighted_scores
+from rlhf.rl.rewards import (
+    ENSEMBLE_REDUCTIONS,
+    ensemble_std,
+    missing_eos_penalty,
+    normalize_scores,
+    per_token_rewards,
+    reduce_ensemble,
+    weighted_scores,
+)
 from rlhf.rl.stats import WHITEN_EPS, explained_variance, masked_mean, masked_var, masked_whiten
 
 __all__ = [
     "DPO_LOSS_TYPES",
+    "ENSEMBLE_REDUCTIONS",
+    "ensemble_std",
+    "reduce_ensemble",
     "dpo_loss",
     "simpo_loss",
     "ADVANTAGES",

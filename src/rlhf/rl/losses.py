@@ -17,6 +17,7 @@ def bradley_terry_loss(
     rejected: torch.Tensor,
     margin: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pairwise reward-model loss: -log P(chosen beats rejected) under the Bradley-Terry model.
 
@@ -27,17 +28,21 @@ def bradley_terry_loss(
     where log(sigmoid(d)) would underflow to log(0).
 
     Args:
-        chosen, rejected: (batch,) rewards.
+        chosen, rejected: (batch,) rewards, or (K, batch) for K heads on one trunk (a shared-trunk ensemble).
         margin: (batch,) or None (no margin).
         label_smoothing: eps in [0, 0.5).
+        weights: None, or per-pair weights shaped like `chosen` (e.g. each head's bootstrap counts): the loss is
+            then mean(weights * loss), a weight of 2 counting a pair twice, 0 leaving it out.
 
     Returns:
-        Scalar mean loss.
+        Scalar mean loss (over heads and pairs).
     """
     d = chosen - rejected
     if margin is not None:
         d = d - margin
     loss = -(1 - label_smoothing) * F.logsigmoid(d) - label_smoothing * F.logsigmoid(-d)
+    if weights is not None:
+        loss = loss * weights
     return loss.mean()
 
 

@@ -102,3 +102,53 @@ def weighted_scores(parts: list[torch.Tensor], weights: list[float]) -> torch.Te
     if not parts:
         raise ValueError("weighted_scores needs at least one score")
     return sum(w * s for w, s in zip(weights, parts, strict=True))
+
+
+ENSEMBLE_REDUCTIONS = ("mean", "min", "mean-minus-std")
+
+
+def ensemble_std(scores: torch.Tensor) -> torch.Tensor:
+    """The members' disagreement on each sequence: the population std across K members,
+    sqrt(1/K * sum_k (s_k - mean)^2) (0 for one member, never nan).
+
+    Args:
+        scores: (K, B), member k's scores in row k.
+
+    Returns:
+        (B,).
+    """
+    return scores.std(0, correction=0)
+
+
+def reduce_ensemble(scores: torch.Tensor, how: str = "mean", lam: float = 1.0) -> torch.Tensor:
+    """One score per sequence from K reward models' scores (each already normalised with its own statistics).
+
+    - "mean": (1/K) sum_k s_k.
+    - "min": min_k s_k: worst-case optimisation (WCO, Coste et al. 2023), no hyperparameter.
+    - "mean-minus-std": mean - lam * std, std the population std across members (`ensemble_std`): the
+      uncertainty penalty of Eisenstein et al. 2023's "mean minus std" (lam = 1). Coste et al.'s UWO subtracts
+      lam * variance instead; on normalised scores (std ~ 1) the two rank alike where members mostly agree.
+    With K = 1 every reduction returns the one member's scores unchanged.
+
+    Args:
+        scores: (K, B).
+        how: one of ENSEMBLE_REDUCTIONS.
+        lam: the weight of the std ("mean-minus-std" only), >= 0.
+
+    Returns:
+        (B,).
+
+    Raises:
+        ValueError: an unknown `how`, or scores that are not (K, B) with K >= 1.
+    """
+    if how not in ENSEMBLE_REDUCTIONS:
+        raise ValueError(f"unknown ensemble reduction {how!r}; one of {', '.join(ENSEMBLE_REDUCTIONS)}")
+    if scores.dim() != 2 or scores.size(0) < 1:
+        raise ValueError(f"ensemble scores must be (K, B) with K >= 1, got shape {tuple(scores.shape)}")
+    if scores.size(0) == 1:
+        return scores[0]
+    if how == "mean":
+        return scores.mean(0)
+    if how == "min":
+        return scores.min(0).values
+    return scores.mean(0) - lam * ensemble_std(scores)

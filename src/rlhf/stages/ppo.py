@@ -316,9 +316,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
                     row["val/explained_variance"] = float(explained_variance(exp.values, returns, r_mask))
                 if exp.gold:
                     row["gold/score"] = sum(exp.gold) / len(exp.gold)
-                if (
-                    task is not None
-                ):  # the share of completions showing each bias the task's labeller may have
+                row |= scorer.ensemble_metrics()  # reward-model ensembles: the members' disagreement
+                if task is not None:  # the share of completions showing each bias a labeller may have
                     row |= task.hack_rates(exp.prompts, exp.texts)
                 if (
                     len(exp.score_parts) > 1 or cfg.reward_weights
