@@ -237,3 +237,29 @@ def test_bad_ensemble_options_give_one_line_errors(argv, says, tmp_path, monkeyp
     err = capsys.readouterr().err.strip()
     assert e.value.code != 0 and len(err.splitlines()) == 1 and err.startswith("error: "), err
     assert says in err, err
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def test_compare_reads_the_ensemble_reduced_score_as_its_proxy(tiny_sft, ensemble, tmp_path):
+    out, _ = ensemble
+    base = ["compare", "--sft", str(tiny_sft), "--policy", str(tiny_sft), "--n-prompts", "12"]
+    base += ["--samples-per-prompt", "1", "--response-length", "8", "--no-progress", "--threads", "1"]
+
+    def compare(reward, name, *extra):
+        return cli.run([*base, "--reward", str(reward), "--out", str(tmp_path / name), *extra])
+
+    mean = compare(out, "mean")
+    worst = compare(out, "min", "--ensemble-reduce", "min")
+    alone = [compare(out / f"member-{k}", f"m{k}") for k in range(K)]
+    # The same seed samples the same responses every time; each member alone scores them with its own statistics,
+    # and the mean reduction is linear: mean over samples of (1/K sum_k s_k) = 1/K sum_k (mean over samples of s_k).
+    for side in ("proxy_sft", "proxy_ppo"):
+        assert mean[side] == pytest.approx(sum(a[side] for a in alone) / K, abs=1e-5)
+        assert (
+            worst[side] < mean[side]
+        )  # min_k s_k <= mean_k s_k on every sample, strictly where members differ
+    assert mean[side] != pytest.approx(alone[0][side], abs=1e-4)  # not member 0 alone (what load_scalar read)
+    e = mean["ensemble"]
+    assert e["size"] == K and e["reduce"] == "mean" and e["std_sft"] > 0 and e["std_ppo"] > 0
+    assert worst["ensemble"]["reduce"] == "min" and worst["gold_sft"] == mean["gold_sft"]  # same samples
+    assert "ensemble" not in alone[0]  # a single reward model: nothing about ensembles

@@ -261,3 +261,194 @@ def test_quick_pooling_and_calibration_write_their_figures(tmp_path):
     train, unseen = cal["runs"]
     assert train["accuracy"] > 0.55 and unseen["accuracy"] > 0.55
     assert (tmp_path / "calibration" / "plots" / "reliability.png").exists()
+
+
+# ------------------------------------------------------------------------------------------------ iterated
+def test_iterated_label_pairs_use_the_task_labeller_and_count_what_they_skip():
+    import random
+
+    from rlhf.experiments.iterated import label_pairs
+
+    prompt = "Q: Repeat the word: kel\nA:"
+    task = InstructTask(label_noise=0.0)
+
+    def rows_of(*texts, finished=True):
+        return [{"text": t, "finished": finished} for t in texts]
+
+    policy = rows_of(" kel.", " dog.", " kel.", "")
+    sft = rows_of(" dog.", " kel.", " kel.", " kel.")
+    rows, skipped = label_pairs(task, [prompt] * 4, policy, sft, random.Random(0))
+    # The same text twice, and an immediate EOS: counted, not lost.
+    assert skipped == {"identical": 1, "empty": 1}
+    # No noise, no bias: the gold judge's choice, whichever side the policy sample is on.
+    assert rows == [{"prompt": prompt, "chosen": " kel.", "rejected": " dog."}] * 2
+    # A cut-off answer (no EOS) scores -1 with the gold judge, and so with the annotator: below a wrong one (-0.5).
+    rows, _ = label_pairs(
+        task, [prompt], rows_of(" kel.", finished=False), rows_of(" dog."), random.Random(0)
+    )
+    assert rows == [{"prompt": prompt, "chosen": " dog.", "rejected": " kel."}]
+
+
+def test_iterated_tiny_run_writes_the_per_round_schema(tiny_sft, tmp_path):
+    out = tmp_path / "it"
+    cli.run(
+        ["experiment", "iterated", *TINY, "--sft", str(tiny_sft), "--episodes", "32", "--rounds", "2"]
+        + ["--policy-pairs", "24", "--out", str(out)]
+    )
+    s = _files_of_an_experiment(out, 2)
+    assert [r["round"] for r in s["runs"]] == [1, 2]
+    first, second = s["runs"]
+    for r in s["runs"]:
+        assert 0 <= r["rm_agreement_policy"] <= 1 and r["agreement_pairs"] > 0
+        lo, hi = r["heldout_gold_diff_ci95"]
+        assert lo <= r["heldout_gold"] - r["heldout_gold_sft"] <= hi
+    # Round 1's labelled policy pairs were added to the first pairs for the second reward model.
+    assert first["added_pairs"] + first["skipped_identical"] + first["skipped_empty"] == 24
+    assert second["rm_pairs"] == first["rm_pairs"] + first["added_pairs"]
+    lines = (out / "runs" / "pairs-2.jsonl").read_text().splitlines()
+    assert len(lines) == second["rm_pairs"] and set(json.loads(lines[-1])) == {"prompt", "chosen", "rejected"}
+    assert 0 <= first["next_rm_agreement_policy"] <= 1 and "next_rm_agreement_policy" not in second
+    assert len(read_metrics(out / "metrics" / "rounds.jsonl")) == 2
+
+
+@pytest.mark.slow
+def test_quick_iterated_agreement_on_policy_samples_rises(tmp_path):
+    s = _quick("iterated", tmp_path)
+    first, last = s["runs"][0], s["runs"][-1]
+    assert len(s["runs"]) == 3
+    assert first["rm_agreement_policy"] < last["rm_agreement_policy"], [
+        r["rm_agreement_policy"] for r in s["runs"]
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ biases
+def test_compare_measures_on_premise_prompts_when_its_task_asks(tiny_sft, tiny_reward, tmp_path):
+    # `rlhf compare --task.premise-fraction 1`: every held-out capital prompt carries a wrong premise, so the
+    # sycophancy detector has something to measure (by default no prompt does).
+    base = ["compare", "--sft", str(tiny_sft), "--policy", str(tiny_sft), "--reward", str(tiny_reward)]
+    base += ["--n-prompts", "12", "--samples-per-prompt", "1", "--response-length", "8", "--no-progress"]
+    plain = cli.run([*base, "--threads", "1", "--out", str(tmp_path / "plain")])
+    premise = cli.run([*base, "--threads", "1", "--task.premise-fraction", "1", "--out", str(tmp_path / "p")])
+    assert not any("I'm sure" in s["prompt"] for s in plain["samples"])
+    assert any("I'm sure" in s["prompt"] for s in premise["samples"])
+    assert set(premise["hack_sft"]) == {
+        f"hack/{d}_rate" for d in ("sycophantic", "hedging", "formatted", "padded")
+    }
+
+
+def test_biases_tiny_run_writes_the_summary_schema(tiny_sft, tmp_path):
+    out = tmp_path / "biases"
+    cli.run(
+        ["experiment", "biases", *TINY, "--sft", str(tiny_sft), "--episodes", "64", "--out", str(out)]
+        + ["--arms", "control", "format", "--large-beta-arms", "format", "--bias-pairs", "100"]
+    )
+    s = _files_of_an_experiment(out, 4)
+    assert s["experiment"] == "biases" and s["large_beta_arms"] == ["format"]
+    assert [(r["arm"], r["kl_coef"]) for r in s["runs"]] == [
+        ("control", 0.02),
+        ("format", 0.02),
+        ("format", 0.5),
+    ]
+    f = s["findings"]["format"]
+    assert f["detector"] == "formatted" and 0 <= f["rm_prefers_biased"] <= 1
+    assert {"control_rm_prefers_biased", "final_hack_small_beta", "final_hack_large_beta"} <= set(f)
+    assert set(s["rm_bias_preference"]) == {"control", "format"}
+    # Every PPO update logs the detectors' rates; the control arm's prompts and SFT data had the fractions on.
+    rows = read_metrics(out / "metrics" / "format-beta-0.02.jsonl")
+    assert all(0 <= r["hack/formatted_rate"] <= 1 for r in rows)
+    task = json.loads((out / "runs" / "reward-control" / "config.json").read_text())["run_config"]["task"]
+    assert task["premise_fraction"] == 0.5 and task["format_fraction"] == 0.1 and task["bias_format"] == 0.0
+    assert json.loads((out / "runs" / "reward-format" / "config.json").read_text())["run_config"]["task"][
+        "bias_format"
+    ] == pytest.approx(0.8)
+
+
+@pytest.mark.slow
+def test_quick_biases_format_arm_is_learned_exploited_and_held_back_by_kl(tmp_path):
+    # The format arm is the most reliable at --quick size (docs/experiments.md has the figures of every arm): its
+    # hack showed at beta 0.001 and 0.02; hedging's only at 0.02, and length and sycophancy policies turned to
+    # decoration (which their reward models also like) rather than padding or agreeing.
+    s = _quick("biases", tmp_path, "--arms", "control", "format")
+    f = s["findings"]["format"]
+    assert f["rm_prefers_biased"] > f["control_rm_prefers_biased"]
+    assert f["final_hack_small_beta"] > f["final_hack_large_beta"]
+    assert f["heldout_hack_small_beta"] > f["heldout_hack_large_beta"]
+    assert f["final_hack_small_beta"] > f["heldout_hack_sft"]  # the hack rate rose under PPO
+    small = next(r for r in s["runs"] if r["arm"] == "format" and r["kl_coef"] == 0.02)
+    assert small["heldout_gold"] < small["heldout_gold_sft"]  # proxy up, gold down
+
+
+# ------------------------------------------------------------------------------------------------ ensemble
+def test_ensemble_verdict_by_hand():
+    from rlhf.experiments.ensemble import gold_at, verdict
+
+    def row(run, size, peak, se):
+        return {"run": run, "size": size, "peak_gold": peak, "peak_gold_se": se, "peak_sqrt_kl": 1.0}
+
+    # The best ensemble 0.30 vs the single 0.20: +0.10, standard error sqrt(0.03^2 + 0.04^2) = 0.05 -> 2 se: not
+    # "clearly" (needs more than 2 se).
+    v = verdict(
+        [row("single", 1, 0.20, 0.03), row("ens3-mean", 3, 0.30, 0.04), row("ens3-min", 3, 0.10, 0.02)]
+    )
+    assert v["ensemble_peak_at_least_single"] and v["best_ensemble"] == "ens3-mean"
+    assert v["peak_gap"] == pytest.approx(0.10) and v["peak_gap_se"] == pytest.approx(0.05)
+    assert v["ensembles_at_least_single"] == ["ens3-mean"] and "within noise" in v["note"]
+    worse = verdict([row("single", 1, 0.20, 0.01), row("ens3-min", 3, 0.10, 0.01)])
+    assert not worse["ensemble_peak_at_least_single"] and worse["note"].startswith("It was not")
+    assert "note" in verdict([row("single", 1, 0.2, 0.01)])  # nothing to compare: said, not a crash
+    # Gold at one sqrt KL: bins sorted by sqrt KL, linear between them, flat past the ends.
+    curve = [{"sqrt_kl": 2.0, "gold": 0.0}, {"sqrt_kl": 1.0, "gold": 0.4}, {"sqrt_kl": 3.0, "gold": -0.2}]
+    assert gold_at(curve, 1.5) == pytest.approx(0.2) and gold_at(curve, 2.5) == pytest.approx(-0.1)
+    assert gold_at(curve, 0.5) == 0.4 and gold_at(curve, 9.0) == -0.2
+
+
+def test_ensemble_tiny_run_writes_the_summary_schema(tiny_sft, tmp_path):
+    out = tmp_path / "ens"
+    cli.run(
+        ["experiment", "ensemble", *TINY, "--sft", str(tiny_sft), "--episodes", "64", "--out", str(out)]
+        + ["--sizes", "1", "2", "3", "--reductions", "min"]
+    )
+    s = _files_of_an_experiment(out, 4)
+    assert s["experiment"] == "ensemble" and s["sizes"] == [1, 2, 3] and s["reductions"] == ["min"]
+    assert sorted(r["run"] for r in s["runs"]) == ["ens2-min", "ens3-min", "single"]
+    assert [r["rank"] for r in s["runs"]] == [1, 2, 3]
+    peaks = [r["peak_gold"] for r in s["runs"]]
+    assert peaks == sorted(peaks, reverse=True)  # the table ranks the runs by gold peak
+    for r in s["runs"]:
+        assert r["peak_gold"] == max(c["gold"] for c in s["curves"][r["run"]])
+        assert min(c["gold"] for c in s["curves"][r["run"]]) <= r["gold_at_common_sqrt_kl"] <= r["peak_gold"]
+        assert (r["final_ensemble_std"] is None) == (r["size"] == 1)
+    v = s["verdict"]
+    single = next(r for r in s["runs"] if r["run"] == "single")
+    assert v["single_peak_gold"] == single["peak_gold"] and isinstance(
+        v["ensemble_peak_at_least_single"], bool
+    )
+    # The 2-ensemble is the 3-ensemble's first two members, copied; compare's proxy is the reduced score.
+    spec = json.loads((out / "runs" / "reward-2" / "config.json").read_text())["ensemble"]
+    assert spec["size"] == 2 and spec["members"] == ["member-0", "member-1"]
+    assert (out / "runs" / "reward-2" / "member-1" / "model.safetensors").read_bytes() == (
+        out / "runs" / "reward-3" / "member-1" / "model.safetensors"
+    ).read_bytes()
+    cmp = json.loads((out / "runs" / "ens3-min-compare" / "summary.json").read_text())
+    assert cmp["ensemble"]["size"] == 3 and cmp["ensemble"]["reduce"] == "min"
+    rows = read_metrics(out / "metrics" / "ens3-min.jsonl")
+    assert all(r["objective/ensemble_std"] >= 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_quick_ensemble_records_each_runs_gold_peak_and_the_verdict(tmp_path):
+    # Structure, not direction: at --quick size whether an ensemble's gold peak beats the single model's is within
+    # the noise of a peak of 8 bins of 4 updates (docs/experiments.md has the measured peaks); the verdict must say
+    # which way it went, with the gap and its standard error.
+    s = _quick("ensemble", tmp_path)
+    assert s["sizes"] == [1, 3] and s["reductions"] == ["mean", "min"]
+    assert sorted(r["run"] for r in s["runs"]) == ["ens3-mean", "ens3-min", "single"]
+    v = s["verdict"]
+    single = next(r for r in s["runs"] if r["size"] == 1)
+    best = max((r for r in s["runs"] if r["size"] > 1), key=lambda r: r["peak_gold"])
+    assert v["best_ensemble"] == best["run"]
+    assert v["ensemble_peak_at_least_single"] == (best["peak_gold"] >= single["peak_gold"])
+    assert v["note"].startswith("It was not") != v["ensemble_peak_at_least_single"]
+    for r in s["runs"]:
+        assert r["peak_gold_se"] > 0 and r["heldout_gold"] is not None
+        assert (r["final_ensemble_std"] or 0) >= 0

@@ -97,6 +97,21 @@ COMMANDS: dict[str, Command] = {
         "rlhf.experiments.overoptimization:run",
         "Gold and proxy reward against sqrt(KL)",
     ),
+    "experiment ensemble": Command(
+        C.EnsembleExperimentConfig,
+        "rlhf.experiments.ensemble:run",
+        "Over-optimisation curve: one reward model vs ensembles (mean, min, mean-std)",
+    ),
+    "experiment iterated": Command(
+        C.IteratedConfig,
+        "rlhf.experiments.iterated:run",
+        "Iterated RM retraining on labelled policy samples",
+    ),
+    "experiment biases": Command(
+        C.BiasesConfig,
+        "rlhf.experiments.biases:run",
+        "One arm per annotator bias vs a control: RM learns it, PPO exploits it",
+    ),
 }
 
 

@@ -642,7 +642,13 @@ class CompareConfig(RunConfig):
     policy: Path = Path("runs/ppo")
     """PPO policy checkpoint."""
     reward: Path = Path("runs/reward")
-    """Reward model checkpoint (the proxy)."""
+    """Reward model checkpoint (the proxy); an ensemble's directory (`rlhf reward --ensemble K`): the proxy is its
+    members' normalised scores reduced by --ensemble-reduce."""
+    ensemble_reduce: EnsembleReduce = "mean"
+    """How an ensemble's K normalised scores become the proxy: 'mean', 'min' or 'mean-minus-std' (as PPO's option;
+    a single reward model is unaffected)."""
+    ensemble_lambda: float = 1.0
+    """lambda of --ensemble-reduce mean-minus-std."""
     prompts: Path | None = None
     """Prompt file; none = the built-in task's held-out prompts (gold score only there)."""
     keys: DataKeys = field(default_factory=DataKeys)
@@ -727,7 +733,8 @@ class ExperimentConfig(RunConfig):
     out: Path = Path("runs/experiment")
     """Experiment directory: summary.json, metrics/*.jsonl, plots/*.png, report.html, runs/<sub-run>/."""
     quick: bool = False
-    """A small setting that finishes in under 2 minutes on 2 CPU cores and still shows the effect."""
+    """A small setting that finishes in about 2 minutes on 2 CPU cores (4-6 for biases, ensemble and iterated) and
+    still shows the effect."""
     sft: Path | None = None
     """Reuse this SFT checkpoint instead of training one (none = train a small one first, under runs/sft)."""
     episodes: int = 0
@@ -815,8 +822,8 @@ class IteratedConfig(ExperimentConfig):
     kl_coef: float = 0.005
     """PPO KL coefficient of every round (small, so each policy finds its reward model's blind spots)."""
     policy_pairs: int = 0
-    """(policy sample, SFT sample) pairs on training prompts labelled and added per round (0 = the setting's:
-    512 with --quick, 1,000 otherwise)."""
+    """(policy sample, SFT sample) pairs on training prompts labelled and added per round (0 = 1.5 x the first
+    pairs: 1,500 with --quick, 3,000 otherwise; with a third as many the rise in agreement was lost in noise)."""
     length_bias: float = 0.0
     """The annotator's length bias (--task.length-bias) for the first pairs and every round's labels; with it
     the annotator itself pays for padding, which retraining then cannot patch (see docs/experiments.md)."""
@@ -837,10 +844,11 @@ class BiasesConfig(ExperimentConfig):
         default_factory=lambda: ["control", "length", "sycophancy", "hedging", "format"]
     )
     """Arms, each a reward model on pairs from an annotator with that bias ('control': none) and PPO against it."""
-    betas: list[float] = field(default_factory=lambda: [0.001, 0.5])
-    """KL coefficients (small, large) of the PPO runs of each arm (the kl-sweep's ends)."""
+    betas: list[float] = field(default_factory=lambda: [0.02, 0.5])
+    """KL coefficients (small, large) of the PPO runs of each arm (the kl-sweep's moderate and large beta: at its
+    0.001 most policies ran away into unfinished text that no detector flags)."""
     large_beta_arms: list[BiasArm] = field(default_factory=list)
-    """Arms that also get a PPO run at every larger beta (empty = every arm; --quick: 'length' and 'format' only,
+    """Arms that also get a PPO run at every larger beta (empty = every arm; --quick: 'hedging' and 'format' only,
     to keep it short); the other arms run at the first beta only."""
     strength: float = 0.8
     """Probability that the sycophancy/hedging/format annotator picks the biased response outright."""
@@ -853,6 +861,38 @@ class BiasesConfig(ExperimentConfig):
     bias_pairs: int = 0
     """Held-out pairs per arm drawn to measure each reward model's bias preference (0 = the setting's: 400 with
     --quick, 1,000 otherwise; only those where exactly one response has the property count)."""
+
+
+@dataclass
+class EnsembleExperimentConfig(ExperimentConfig):
+    """The over-optimisation curve (gold and proxy against sqrt(KL)) of PPO against one reward model and against
+    reward-model ensembles of each size, with each reduction (mean, min, mean-minus-std)."""
+
+    out: Path = Path("runs/ensemble")
+    """Experiment directory."""
+    sizes: list[int] = field(default_factory=list)
+    """Reward-model counts K, one PPO run per reduction each (1 = the single model: one run); empty = 1 3 5
+    (--quick: 1 3). The largest ensemble is trained once; a smaller one is its first K members."""
+    reductions: list[EnsembleReduce] = field(default_factory=list)
+    """Reductions of the ensembles' K scores (PPO's --ensemble-reduce); empty = mean min mean-minus-std (--quick:
+    mean min)."""
+    ensemble_lambda: float = 1.0
+    """lambda of the mean-minus-std reduction."""
+    kl_coef: float = 0.005
+    """PPO KL coefficient of every run (small, so each policy travels far enough to over-optimise)."""
+    length_bias: float = 2.0
+    """Annotator length bias of every reward model's pairs (--task.length-bias), as `experiment overoptimization`:
+    the proxy then pays for length the gold judge penalises; 0 = over-optimisation comes only from each reward
+    model's own errors off its training data (at --quick size gold then moves little)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.sizes:
+            self.sizes = [1, 3] if self.quick else [1, 3, 5]
+        if not self.reductions:
+            self.reductions = ["mean", "min"] if self.quick else ["mean", "min", "mean-minus-std"]
+        self.sizes = sorted(set(self.sizes))
+        self.reductions = list(dict.fromkeys(self.reductions))
 
 
 # ------------------------------------------------------------------------------------------------ option bounds
@@ -1010,6 +1050,7 @@ OPTION_BOUNDS: dict[str, Bound] = {
     "policy_pairs": Bound(0, EXAMPLES),  # 0 = the setting's
     "strength": Bound(0, 1),  # a probability
     "bias_pairs": Bound(0, EXAMPLES),  # 0 = the setting's
+    "EnsembleExperimentConfig.sizes": Bound(1, 64),  # reward models per ensemble (trained one by one)
 }
 
 

@@ -20,10 +20,10 @@ from rlhf.data.loader import load_prompts
 from rlhf.distributed import device, is_main, share
 from rlhf.errors import UserError
 from rlhf.generation import sample
-from rlhf.models.build import load_policy, load_scalar
-from rlhf.rollout import RewardInputs, response_logprobs, right_align, score_responses
+from rlhf.models.build import load_policy
+from rlhf.rollout import Completions, RewardModelSource, response_logprobs, right_align
 from rlhf.stages.common import say, setup_run
-from rlhf.tasks import get_task
+from rlhf.tasks import get_task, task_options
 
 
 def bootstrap_ci(diffs: torch.Tensor, n_boot: int, seed: int, level: float = 0.95) -> list[float]:
@@ -41,18 +41,18 @@ def bootstrap_ci(diffs: torch.Tensor, n_boot: int, seed: int, level: float = 0.9
 def rollout_eval(
     policy,
     ref,
-    reward_model,
-    norm,
+    proxy: RewardModelSource,
     tok,
     prompts: list[str],
     cfg: CompareConfig,
     seed: int,
     task,
-    rm_inputs: RewardInputs | None = None,
 ):
-    """Sample from `policy`; per sample: text, gold, proxy score, KL to `ref` (sum of k1 over tokens), length.
+    """Sample from `policy`; per sample: text, gold, proxy score, KL to `ref` (sum of k1 over tokens), length, and
+    for an ensemble the members' disagreement (the std of their normalised scores, averaged over its batch).
 
-    `rm_inputs` re-encodes the samples for a reward model with another vocabulary (none: it reads the ids)."""
+    `proxy` is PPO's own reward-model scorer (normalised, unclipped here): it re-encodes the samples for a reward
+    model with another vocabulary, and reduces an ensemble's K scores with --ensemble-reduce."""
     dev = next(policy.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     max_prompt = policy.cfg.block_size - cfg.response_length if hasattr(policy, "cfg") else 512
@@ -74,8 +74,7 @@ def rollout_eval(
         lp_ref = response_logprobs(ref, ids, mask, resp_pos, cfg.temperature)
         kl = ((lp - lp_ref) * r.response_mask).sum(1)
         texts = [tok.decode(row[m].tolist()) for row, m in zip(r.response_ids, r.response_mask)]
-        rm_ids, rm_mask = rm_inputs(ids, mask, chunk, texts, r.finished) if rm_inputs else (ids, mask)
-        proxy = score_responses(reward_model, rm_ids, rm_mask, norm, 0.0)
+        scores = proxy(Completions(ids, mask, chunk, texts, r.finished, {}))
         for j, p in enumerate(chunk):
             text = texts[j]
             fin = bool(r.finished[j])
@@ -85,7 +84,8 @@ def rollout_eval(
                     "response": text,
                     "finished": fin,
                     "gold": task.score(p, text, fin) if task else None,
-                    "proxy": float(proxy[j]),
+                    "proxy": float(scores[j]),
+                    "ensemble_std": proxy.disagreement,
                     "kl": float(kl[j]),
                     "length": int(r.response_mask[j].sum()),
                 }
@@ -100,12 +100,12 @@ def run_compare(cfg: CompareConfig) -> dict:
         return share(None)
     sft, tok, _ = load_policy(cfg.sft)
     ppo, _, ppo_cfg = load_policy(cfg.policy)
-    reward_model, rm_tok, rm_cfg = load_scalar(cfg.reward)
-    rm_inputs = RewardInputs(tok, rm_tok, rm_cfg)
-    for m in (sft, ppo, reward_model):
+    # The proxy as PPO scores it: each member normalised by its own statistics, an ensemble's K scores reduced
+    # (one reward model: its normalised score). Unclipped, as compare always reported it.
+    proxy = RewardModelSource(cfg.reward, tok, device(), True, 0.0, cfg.ensemble_reduce, cfg.ensemble_lambda)
+    for m in (sft, ppo):
         m.to(device()).eval()
-    norm = rm_cfg.get("reward_norm")
-    task = get_task("instruct", seed=cfg.seed)
+    task = get_task(cfg.task.name, seed=cfg.seed, **task_options(cfg.task))
     if cfg.prompts is None:
         prompts = task.prompts(cfg.n_prompts, split="test")
     else:
@@ -114,12 +114,8 @@ def run_compare(cfg: CompareConfig) -> dict:
         task = None
     prompts_rep = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     # The same seed for both policies: differences come from the weights, not the dice.
-    rows_sft = rollout_eval(
-        sft, sft, reward_model, norm, tok, prompts_rep, cfg, cfg.seed + 1, task, rm_inputs
-    )
-    rows_ppo = rollout_eval(
-        ppo, sft, reward_model, norm, tok, prompts_rep, cfg, cfg.seed + 1, task, rm_inputs
-    )
+    rows_sft = rollout_eval(sft, sft, proxy, tok, prompts_rep, cfg, cfg.seed + 1, task)
+    rows_ppo = rollout_eval(ppo, sft, proxy, tok, prompts_rep, cfg, cfg.seed + 1, task)
 
     def mean(rows, key):
         return sum(r[key] for r in rows) / len(rows)
@@ -137,6 +133,14 @@ def run_compare(cfg: CompareConfig) -> dict:
         "eos_rate_sft": mean(rows_sft, "finished"),
         "eos_rate_ppo": mean(rows_ppo, "finished"),
     }
+    if len(proxy.norms) > 1:  # an ensemble: its size, the reduction the proxy used, the members' disagreement
+        summary["ensemble"] = {
+            "size": len(proxy.norms),
+            "reduce": cfg.ensemble_reduce,
+            "lambda": cfg.ensemble_lambda,
+            "std_sft": mean(rows_sft, "ensemble_std"),
+            "std_ppo": mean(rows_ppo, "ensemble_std"),
+        }
     if task is not None:
         g_sft = torch.tensor([r["gold"] for r in rows_sft]).view(len(prompts), -1).mean(1)
         g_ppo = torch.tensor([r["gold"] for r in rows_ppo]).view(len(prompts), -1).mean(1)

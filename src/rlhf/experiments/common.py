@@ -127,8 +127,9 @@ def begin(cfg: ExperimentConfig, name: str) -> Ctx:
     return Ctx(cfg, s, out, time.time())
 
 
-def sft_run(ctx: Ctx) -> Path:
-    """The experiment's SFT checkpoint: --sft when given, else a fresh one under runs/sft."""
+def sft_run(ctx: Ctx, task: TaskConfig | None = None) -> Path:
+    """The experiment's SFT checkpoint: --sft when given, else a fresh one under runs/sft (on `task`'s
+    demonstrations; none = the default task)."""
     if ctx.cfg.sft is not None:
         return Path(ctx.cfg.sft)
     s = ctx.setting
@@ -141,7 +142,7 @@ def sft_run(ctx: Ctx) -> Path:
             batch_size=s.sft_batch,
             max_steps=s.sft_steps,
             optim=OptimConfig(lr=s.sft_lr),
-            task=TaskConfig(n_eval=100),
+            task=dataclasses.replace(task or TaskConfig(), n_eval=100),
             gold_samples=64,
             **ctx.common(),
         )
@@ -200,8 +201,17 @@ def ppo_run(ctx: Ctx, name: str, sft: Path, reward: Path, **overrides) -> tuple[
     return out, export_metrics(ctx, name, out)
 
 
-def compare_run(ctx: Ctx, name: str, sft: Path, policy: Path, reward: Path, response_length: int = 0) -> dict:
-    """`rlhf compare` of a PPO policy against the SFT one on held-out prompts, under runs/<name>-compare."""
+def compare_run(
+    ctx: Ctx,
+    name: str,
+    sft: Path,
+    policy: Path,
+    reward: Path,
+    response_length: int = 0,
+    task: TaskConfig | None = None,
+) -> dict:
+    """`rlhf compare` of a PPO policy against the SFT one on held-out prompts (of `task`: none = the default task),
+    under runs/<name>-compare."""
     say(f"== compare: {name}")
     return run_compare(
         CompareConfig(
@@ -212,6 +222,7 @@ def compare_run(ctx: Ctx, name: str, sft: Path, policy: Path, reward: Path, resp
             n_prompts=ctx.setting.compare_prompts,
             samples_per_prompt=1,
             response_length=response_length or ctx.setting.response_length,
+            task=task or TaskConfig(),
             **ctx.common(),
         )
     )

@@ -222,11 +222,12 @@ class InstructTask:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return random.Random(f"instruct:{self.seed}:{purpose}:{split}")
 
-    def label_value(self, prompt: str, response: str) -> float:
-        """What the annotator compares for `label_by`: the gold score or one of its parts."""
+    def label_value(self, prompt: str, response: str, finished: bool = True) -> float:
+        """What the annotator compares for `label_by`: the gold score or one of its parts (`finished`: the
+        response ended with EOS; a cut-off one is judged as the gold judge judges it)."""
         if self.label_by == "score":
-            return judge.score(prompt, response)
-        return judge.components(prompt, response)[self.label_by]
+            return judge.score(prompt, response, finished)
+        return judge.components(prompt, response, finished)[self.label_by]
 
     def _pair(self, rng: random.Random, prompt: str) -> dict:
         styles = self._pair_styles
@@ -241,11 +242,7 @@ class InstructTask:
         else:
             raise RuntimeError(f"no pair with distinct {self.label_by} values for {prompt!r}")
         gold_a, gold_b = judge.score(prompt, a), judge.score(prompt, b)
-        a_first = self._biased_pick(rng, prompt, a, b)
-        if a_first is None:
-            a_first = self._annotate(a, label_a, b, label_b)
-            if rng.random() < self.label_noise:
-                a_first = not a_first
+        a_first = self._label(rng, prompt, a, label_a, b, label_b)
         first, second = (a, gold_a, style_a, label_a), (b, gold_b, style_b, label_b)
         if not a_first:
             first, second = second, first
@@ -260,6 +257,37 @@ class InstructTask:
             "chosen_style": style_a,
             "rejected_style": style_b,
         }
+
+    def label(
+        self,
+        prompt: str,
+        a: str,
+        b: str,
+        rng: random.Random,
+        finished_a: bool = True,
+        finished_b: bool = True,
+    ) -> bool:
+        """Whether this task's (noisy, biased) annotator prefers response `a` to `b` for `prompt`: any text, e.g.
+        a policy's samples (iterated reward-model retraining labels those). The rule that labels the task's own
+        pairs (`_label`, see the class docstring): the bias picks, else the length-biased comparison of
+        `label_value`, flipped with probability `label_noise`. `rng` draws the bias and noise coins.
+
+        `finished_*`: whether each response ended (EOS); the annotator sees a cut-off answer as the gold judge
+        does. Equal values fall back to `a` not preferred (before the noise flip).
+        """
+        value_a, value_b = self.label_value(prompt, a, finished_a), self.label_value(prompt, b, finished_b)
+        return self._label(rng, prompt, a, value_a, b, value_b)
+
+    def _label(self, rng: random.Random, prompt: str, a: str, value_a: float, b: str, value_b: float) -> bool:
+        """The one labelling rule: a bias's outright pick, else `_annotate` then the `label_noise` flip.
+
+        `value_*` are the compared values (`label_value`), passed in so `_pair` computes them once."""
+        a_first = self._biased_pick(rng, prompt, a, b)
+        if a_first is None:
+            a_first = self._annotate(a, value_a, b, value_b)
+            if rng.random() < self.label_noise:
+                a_first = not a_first
+        return a_first
 
     def _biased_pick(self, rng: random.Random, prompt: str, a: str, b: str) -> bool | None:
         """Whether a bias picked `a` (True) or `b` (False) outright, or None: the annotator labels as usual.
