@@ -294,9 +294,8 @@ def shard_model(
         raise UserError(
             f"--strategy fsdp found no transformer blocks to shard in {type(model).__name__}; use --strategy ddp"
         )
-    plain = (
-        copy.deepcopy(model).eval() if rank0_copy and is_main() else None
-    )  # before sharding: plain tensors
+    # Copied before sharding, so it holds plain tensors.
+    plain = copy.deepcopy(model).eval() if rank0_copy and is_main() else None
     policy = MixedPrecisionPolicy(
         param_dtype=torch.bfloat16 if mixed_precision else None,
         reduce_dtype=torch.float32 if mixed_precision else None,

@@ -241,9 +241,7 @@ class RewardModelSource:
 
     def __call__(self, c: Completions) -> torch.Tensor:
         with torch.inference_mode():
-            if (
-                self.packable and c.packed is not None
-            ):  # each prompt once; the score at each completion's last token
+            if self.packable and c.packed is not None:  # each prompt once; the score at each one's last token
                 s = self.model(c.packed.ids, None, c.packed.last, c.packed.segments)  # (K, B/G, G)
             else:
                 s = self.model.score(*self.inputs(c.ids, c.mask, c.prompts, c.texts, c.finished))  # (K, B)
@@ -259,19 +257,6 @@ class RewardModelSource:
         return reduce_ensemble(s, self.reduce, self.lam)
 
 
-def reward_model_source(
-    path,
-    tok: Tokenizer,
-    dev: torch.device,
-    normalize: bool,
-    clip: float,
-    reduce: str = "mean",
-    lam: float = 1.0,
-) -> Source:
-    """A frozen reward model (or ensemble) as a score source: see RewardModelSource."""
-    return RewardModelSource(path, tok, dev, normalize, clip, reduce, lam)
-
-
 def build_scorer(cfg: PPOConfig, tok: Tokenizer, task, dev: torch.device) -> Scorer:
     """The Scorer of --reward-fn (+ --extra-rewards, --reward-weights); functions are imported here, so a broken
     one fails before any model trains."""
@@ -279,7 +264,7 @@ def build_scorer(cfg: PPOConfig, tok: Tokenizer, task, dev: torch.device) -> Sco
 
     def source(spec: str) -> Source:
         if spec == "model":
-            return reward_model_source(*model_args(cfg.reward))
+            return RewardModelSource(*model_args(cfg.reward))
         if spec == "length":
             return lambda c: torch.tensor([len(t) / 100 for t in c.texts], device=dev)
         if spec == "gold":
@@ -291,7 +276,7 @@ def build_scorer(cfg: PPOConfig, tok: Tokenizer, task, dev: torch.device) -> Sco
         if is_function_spec(spec):
             fn = load_reward_fn(spec)
             return lambda c: fn(c.prompts, c.texts, c.columns).to(dev)
-        return reward_model_source(*model_args(spec))
+        return RewardModelSource(*model_args(spec))
 
     def model_args(path) -> tuple:
         return path, tok, dev, cfg.normalize_reward, cfg.reward_clip, cfg.ensemble_reduce, cfg.ensemble_lambda
