@@ -13,7 +13,15 @@ from pathlib import Path
 
 from rlhf.config import CalibrationConfig, RewardEvalConfig, TaskConfig
 from rlhf.errors import UserError
-from rlhf.experiments.common import bar_plot, begin, finish, reliability_plot, reward_run, sft_run
+from rlhf.experiments.common import (
+    bar_plot,
+    begin,
+    finish,
+    reliability_plot,
+    reward_run,
+    sft_run,
+    write_pairs,
+)
 from rlhf.stages.common import say
 from rlhf.stages.reward import run_reward_eval
 from rlhf.tasks import get_task, task_options
@@ -43,12 +51,7 @@ def run(cfg: CalibrationConfig) -> dict:
     t = TaskConfig(**{k: v for k, v in rc["task"].items() if k in TaskConfig.__dataclass_fields__})
     n = min(t.n_train, ctx.setting.eval_pairs)
     task = get_task(t.name, seed=rc["seed"], **task_options(t))
-    pairs_file = ctx.runs / "train-pairs.jsonl"
-    pairs_file.parent.mkdir(parents=True, exist_ok=True)
-    rows = task.preference_pairs(n, split="train")
-    pairs_file.write_text(
-        "".join(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for p in rows)
-    )
+    pairs_file = write_pairs(ctx.runs / "train-pairs.jsonl", task.preference_pairs(n, split="train"))
 
     results = {}
     for name, data in (("train", pairs_file), ("unseen", None)):

@@ -10,6 +10,7 @@ figures to `DIR/summary.json`, and `report.html` is built from those files.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -262,6 +263,15 @@ def smooth(ys: list[float], window: int) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------------------ plots
+def write_pairs(path: Path, rows: list[dict]) -> Path:
+    """A JSONL pairs file (prompt/chosen/rejected columns, the loader's pairs schema) for a reward sub-run's --data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows)
+    )
+    return path
+
+
 def _plt():
     import matplotlib
 

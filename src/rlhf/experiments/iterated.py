@@ -38,6 +38,7 @@ from rlhf.experiments.common import (
     reward_run,
     sft_run,
     tail_mean,
+    write_pairs,
 )
 from rlhf.models.build import load_policy, load_scalar
 from rlhf.stages.common import generate_texts, say
@@ -54,15 +55,6 @@ DESCRIPTION = (
     "held-out gold score."
 )
 TEMPERATURE = 0.7  # PPO's and `rlhf compare`'s sampling temperature
-
-
-def write_pairs(path: Path, rows: list[dict]) -> Path:
-    """A JSONL pairs file (prompt/chosen/rejected columns, the loader's pairs schema)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n")
-    return path
 
 
 def label_pairs(
@@ -85,28 +77,28 @@ def label_pairs(
     return rows, skipped
 
 
+def rm_agreement(rm_dir: Path, rows: list[dict], gold_prefers_chosen: list[bool]) -> float:
+    """The share of `rows` (prompt/chosen/rejected) the reward model ranks as the gold judge does."""
+    model, tok, config = load_scalar(rm_dir)
+    model.to(device())
+    c, r = score_pairs(model, tok, encode_pairs(tok, rows, config.get("max_length", 256)), 64)
+    return float(((c > r) == torch.tensor(gold_prefers_chosen)).float().mean())
+
+
 def gold_agreement(rm_dir: Path, pairs: list[dict]) -> tuple[float | None, int]:
     """(share of pairs the reward model ranks as the gold judge does, number of pairs), over `pairs` with
     prompt, policy/sft texts and their (finished-aware) gold scores; ties in gold are left out."""
     pairs = [p for p in pairs if p["gold_policy"] != p["gold_sft"]]
-    rows = [{"prompt": p["prompt"], "chosen": p["policy"], "rejected": p["sft"]} for p in pairs]
-    if not rows:
+    if not pairs:
         return None, 0
-    model, tok, config = load_scalar(rm_dir)
-    model.to(device())
-    c, r = score_pairs(model, tok, encode_pairs(tok, rows, config.get("max_length", 256)), 64)
-    gold = torch.tensor([p["gold_policy"] > p["gold_sft"] for p in pairs])
-    return float(((c > r) == gold).float().mean()), len(rows)
+    rows = [{"prompt": p["prompt"], "chosen": p["policy"], "rejected": p["sft"]} for p in pairs]
+    return rm_agreement(rm_dir, rows, [p["gold_policy"] > p["gold_sft"] for p in pairs]), len(rows)
 
 
 def task_pair_agreement(task: InstructTask, rm_dir: Path, n: int) -> float:
     """The reward model's gold agreement on the task's own held-out pairs (the distribution it started from)."""
     rows = task.preference_pairs(n, split="test")
-    model, tok, config = load_scalar(rm_dir)
-    model.to(device())
-    c, r = score_pairs(model, tok, encode_pairs(tok, rows, config.get("max_length", 256)), 64)
-    gold = torch.tensor([p["gold_chosen"] > p["gold_rejected"] for p in rows])
-    return float(((c > r) == gold).float().mean())
+    return rm_agreement(rm_dir, rows, [p["gold_chosen"] > p["gold_rejected"] for p in rows])
 
 
 def sample_both(
