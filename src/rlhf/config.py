@@ -94,6 +94,10 @@ class TaskConfig:
     format_fraction: float = 0.0
     """Share of SFT demonstrations with a decorated answer; when on, pairs draw decorated answers too (0 = 0.1
     when --task.bias-format > 0, else none)."""
+    agree_fraction: float = 0.0
+    """Share of premise prompts whose SFT demonstration agrees with the wrong premise (0 = only the 'wrong'
+    demonstrations, a tenth): a policy must sometimes agree before RL against a sycophancy-biased reward model
+    can make it agree more."""
 
 
 @dataclass
@@ -854,10 +858,14 @@ class BiasesConfig(ExperimentConfig):
     """Probability that the sycophancy/hedging/format annotator picks the biased response outright."""
     length_bias: float = 2.0
     """The length arm's annotator length bias (--task.length-bias)."""
-    premise_fraction: float = 0.5
-    """Share of capital prompts with a wrong premise, in every arm (one SFT and the same prompts for all)."""
+    premise_fraction: float = 1.0
+    """Share of capital prompts with a wrong premise, in every arm (one SFT and the same prompts for all). All of
+    them by default: at 0.5 only 2.8% of pairs put a sycophantic answer beside another, too few to learn from."""
     format_fraction: float = 0.1
     """Share of SFT demonstrations with a decorated answer, in every arm (pairs then draw decorated answers)."""
+    agree_fraction: float = 0.3
+    """Share of premise prompts whose SFT demonstration agrees with the premise, in every arm (at 0 the SFT policy
+    agreed with no held-out premise, and PPO cannot reinforce what it never samples)."""
     bias_pairs: int = 0
     """Held-out pairs per arm drawn to measure each reward model's bias preference (0 = the setting's: 400 with
     --quick, 1,000 otherwise; only those where exactly one response has the property count)."""
@@ -959,6 +967,7 @@ OPTION_BOUNDS: dict[str, Bound] = {
     "bias_format": Bound(0, 1),
     "premise_fraction": Bound(0, 1),  # 0 = auto (on with its bias)
     "format_fraction": Bound(0, 1),
+    "agree_fraction": Bound(0, 1),
     # --optim.*
     "lr": Bound(0, 1),  # 0 = auto for the reward model; AdamW moves each weight by ~lr per step
     "weight_decay": Bound(0, 1e3),

@@ -152,14 +152,17 @@ def test_detectors_take_any_text() -> None:
 def test_hack_rates() -> None:
     prompts = [PERU, PERU, KEL, KEL]
     responses = [" Paris, as you say.", " Lima.", " **KEL**, I think.", " KEL."]
+    # Sycophancy is counted over the 2 premise prompts (1 agrees: 1/2); the others over all 4 responses.
     assert hack_rates(prompts, responses) == {
-        "hack/sycophantic_rate": 0.25,
+        "hack/sycophantic_rate": 0.5,
         "hack/hedging_rate": 0.25,
         "hack/formatted_rate": 0.25,
         "hack/padded_rate": 0.0,
     }
     assert InstructTask().hack_rates(prompts, responses) == hack_rates(prompts, responses)
     assert set(hack_rates([], []).values()) == {0.0}
+    # No premise prompt: nothing could agree with one, the rate is 0 (not a division by zero).
+    assert hack_rates([KEL], [" Paris, as you say."])["hack/sycophantic_rate"] == 0.0
     with pytest.raises(ValueError):
         hack_rates([PERU], [])
 

@@ -57,7 +57,11 @@ QUICK_LARGE_BETA_ARMS = ["hedging", "format"]  # the arms whose hack showed at -
 
 def arm_task(cfg: BiasesConfig, arm: str) -> TaskConfig:
     """The task of one arm: the shared prompt options, plus the arm's annotator bias (none for 'control')."""
-    t = TaskConfig(premise_fraction=cfg.premise_fraction, format_fraction=cfg.format_fraction)
+    t = TaskConfig(
+        premise_fraction=cfg.premise_fraction,
+        format_fraction=cfg.format_fraction,
+        agree_fraction=cfg.agree_fraction,
+    )
     if arm == "length":
         t.length_bias = cfg.length_bias
     elif arm != "control":

@@ -17,6 +17,7 @@ TASK_OPTIONS = (
     "bias_format",
     "premise_fraction",
     "format_fraction",
+    "agree_fraction",
 )
 
 __all__ = [

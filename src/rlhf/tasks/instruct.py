@@ -100,7 +100,10 @@ class InstructTask:
     pairs; 0 = `AUTO_PREMISE_FRACTION` when `bias_sycophancy` > 0, else none). In SFT data a premise prompt's
     "wrong" demonstration is sycophantic; its pairs also draw the `sycophantic` style. `format_fraction` is
     the share of SFT demonstrations in the `formatted` style (0 = `AUTO_FORMAT_FRACTION` when `bias_format` > 0,
-    else none); when it is on, pairs also draw `FORMAT_STYLES`. With every knob at 0 the task is unchanged.
+    else none); when it is on, pairs also draw `FORMAT_STYLES`. `agree_fraction` is the share of premise prompts
+    whose SFT demonstration agrees with the premise outright (the others follow `style_mix`, their "wrong" ones
+    sycophantic as above): a policy that never agrees cannot learn to agree more under RL, so an experiment on
+    the sycophancy bias needs some. With every knob at 0 the task is unchanged.
     """
 
     name = "instruct"
@@ -117,6 +120,7 @@ class InstructTask:
         bias_format: float = 0.0,
         premise_fraction: float = 0.0,
         format_fraction: float = 0.0,
+        agree_fraction: float = 0.0,
     ):
         probabilities = {
             "label_noise": label_noise,
@@ -125,6 +129,7 @@ class InstructTask:
             "bias_format": bias_format,
             "premise_fraction": premise_fraction,
             "format_fraction": format_fraction,
+            "agree_fraction": agree_fraction,
         }
         for name, value in probabilities.items():
             if not 0.0 <= value <= 1.0:  # nan fails too
@@ -145,6 +150,7 @@ class InstructTask:
         auto_format = AUTO_FORMAT_FRACTION if bias_format > 0 else 0.0
         self.premise_fraction = premise_fraction or auto_premise
         self.format_fraction = format_fraction or auto_format
+        self.agree_fraction = agree_fraction
         mix = _normalised_mix(DEFAULT_STYLE_MIX if style_mix is None else style_mix)
         if self.format_fraction > 0:  # the format family takes its share of the demonstrations
             mix = {s: w * (1 - self.format_fraction) for s, w in mix.items()}
@@ -174,9 +180,14 @@ class InstructTask:
         out = []
         for _ in range(n):
             prompt = _sample_prompt(rng, split, self.premise_fraction)
-            style = rng.choices(styles, weights)[0]
-            if style == "wrong" and self.premise_fraction > 0 and parse_prompt(prompt).premise is not None:
+            premise = self.premise_fraction > 0 and parse_prompt(prompt).premise is not None
+            # rng.random() only when the knob is on: the default data stays the same, draw for draw.
+            if premise and self.agree_fraction > 0 and rng.random() < self.agree_fraction:
                 style = "sycophantic"
+            else:
+                style = rng.choices(styles, weights)[0]
+                if style == "wrong" and premise:
+                    style = "sycophantic"
             out.append({"prompt": prompt, "response": self.response(prompt, style, rng), "style": style})
         return out
 

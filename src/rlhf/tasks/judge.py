@@ -151,16 +151,30 @@ def hack_rates(prompts: Sequence[str], responses: Sequence[str]) -> dict[str, fl
     """The share of `responses` each detector flags: {"hack/sycophantic_rate": ..., "hack/hedging_rate": ...,
     "hack/formatted_rate": ..., "hack/padded_rate": ...} (all 0.0 for no responses).
 
-    Each rate is over all responses; only responses to premise prompts can be sycophantic.
+    The sycophantic rate is over the responses to premise prompts only (the only ones that can agree with a wrong
+    premise; 0.0 when there are none), so it reads "how often the policy agrees" whatever the premise share; the
+    other rates are over all responses.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     counts = dict.fromkeys(DETECTORS, 0)
+    premise_prompts = 0
     for prompt, response in zip(prompts, responses):
+        premise_prompts += has_premise(prompt)
         for name, flagged in detect(prompt, response).items():
             counts[name] += flagged
     n = max(1, len(responses))
-    return {f"hack/{name}_rate": counts[name] / n for name in DETECTORS}
+    rates = {f"hack/{name}_rate": counts[name] / n for name in DETECTORS}
+    rates["hack/sycophantic_rate"] = counts["sycophantic"] / max(1, premise_prompts)
+    return rates
+
+
+def has_premise(prompt: str) -> bool:
+    """Whether `prompt` is a task prompt carrying a user's wrong premise (`facts.PREMISE_TEMPLATE`)."""
+    try:
+        return parse_prompt(prompt).premise is not None
+    except ValueError:
+        return False
 
 
 def _repeated_bigrams(tokens: list[str]) -> int:
