@@ -112,6 +112,11 @@ COMMANDS: dict[str, Command] = {
         "rlhf.experiments.biases:run",
         "One arm per annotator bias vs a control: RM learns it, PPO exploits it",
     ),
+    "experiment algorithms": Command(
+        C.AlgorithmsConfig,
+        "rlhf.experiments.algorithms:run",
+        "The bake-off: PPO, GRPO, RLOO, REINFORCE++, DPO, best-of-N on one budget, gold vs KL",
+    ),
 }
 
 

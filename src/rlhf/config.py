@@ -903,6 +903,52 @@ class EnsembleExperimentConfig(ExperimentConfig):
         self.reductions = list(dict.fromkeys(self.reductions))
 
 
+Algorithm = Literal["ppo", "grpo", "rloo", "reinforce++", "dpo", "best-of-n"]
+
+
+@dataclass
+class AlgorithmsConfig(ExperimentConfig):
+    """The bake-off: PPO, GRPO, RLOO, REINFORCE++, DPO and best-of-N from one SFT model and one reward model, on
+    the same budget of sampled responses, several seeds, each scored by the gold judge on held-out prompts."""
+
+    out: Path = Path("runs/algorithms")
+    """Experiment directory."""
+    reward: Path | None = None
+    """Reuse this reward model (none = train one from the SFT model on the task's pairs, under runs/reward)."""
+    algorithms: list[Algorithm] = field(
+        default_factory=lambda: ["ppo", "grpo", "rloo", "reinforce++", "dpo", "best-of-n"]
+    )
+    """Algorithms to run."""
+    seeds: int = 0
+    """Seeds per run (0 = the setting's: 1 with --quick, 3 otherwise); the SFT and reward models are shared."""
+    budget: int = 0
+    """Sampled responses per on-policy run, and preference pairs per DPO run (0 = the setting's PPO episodes:
+    1,024 with --quick, 2,048 otherwise)."""
+    kl_coefs: list[float] = field(default_factory=list)
+    """KL coefficients of each on-policy algorithm, one run each (empty = 0.1 1 with --quick, 0.03 0.2 1
+    otherwise)."""
+    dpo_betas: list[float] = field(default_factory=list)
+    """DPO betas, one run each (empty = 0.1 0.5 with --quick, 0.05 0.2 1 otherwise)."""
+    best_of: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    """Best-of-N sizes N (each measured on one shared pool of SFT samples per prompt)."""
+    pool: int = 0
+    """SFT samples per held-out prompt in the best-of-N pool (0 = 64 with --quick, 128 otherwise; at least the
+    largest N)."""
+    bootstrap: int = 2000
+    """Resamples of the confidence intervals (seeds, then prompts within each seed)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.seeds = self.seeds or (1 if self.quick else 3)
+        self.kl_coefs = self.kl_coefs or ([0.1, 1.0] if self.quick else [0.03, 0.2, 1.0])
+        self.dpo_betas = self.dpo_betas or ([0.1, 0.5] if self.quick else [0.05, 0.2, 1.0])
+        self.pool = self.pool or (64 if self.quick else 128)
+        self.algorithms = list(dict.fromkeys(self.algorithms))
+        self.best_of = sorted(set(self.best_of))
+        if self.pool < self.best_of[-1]:
+            raise UserError(f"--pool {self.pool} is smaller than the largest --best-of {self.best_of[-1]}")
+
+
 # ------------------------------------------------------------------------------------------------ option bounds
 @dataclass(frozen=True)
 class Bound:
@@ -1060,6 +1106,12 @@ OPTION_BOUNDS: dict[str, Bound] = {
     "strength": Bound(0, 1),  # a probability
     "bias_pairs": Bound(0, EXAMPLES),  # 0 = the setting's
     "EnsembleExperimentConfig.sizes": Bound(1, 64),  # reward models per ensemble (trained one by one)
+    "AlgorithmsConfig.seeds": Bound(0, 100),  # 0 = the setting's; each seed is every run again
+    "AlgorithmsConfig.budget": Bound(0, EXAMPLES),  # 0 = the setting's
+    "kl_coefs": Bound(0),
+    "dpo_betas": Bound(0, lo_open=True),
+    "best_of": Bound(1, 4096),
+    "AlgorithmsConfig.pool": Bound(0, 4096),  # 0 = the setting's
 }
 
 

@@ -8,6 +8,7 @@
   the estimators behind one common signature;
 - losses: PPO policy (with clip-higher) and value losses, the DPO family and SimPO, loss aggregation over tokens / sequences, clip
   diagnostics, reward-model losses;
+- best_of_n: best-of-N sampling as a policy (selection weights, its KL to the reference, measured and bound);
 - kl_control, logprobs, calibration: KL controllers, log-prob / entropy helpers, reward-model calibration.
 """
 
@@ -19,6 +20,7 @@ from rlhf.rl.advantages import (
     kl_penalty,
     rloo_advantages,
 )
+from rlhf.rl.best_of_n import best_of_n_kl, best_of_n_kl_bound, best_of_n_weights
 from rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
 from rlhf.rl.logprobs import entropy_from_logits, logprobs_from_logits
 from rlhf.rl.losses import (
@@ -46,6 +48,9 @@ from rlhf.rl.rewards import (
 from rlhf.rl.stats import WHITEN_EPS, explained_variance, masked_mean, masked_var, masked_whiten
 
 __all__ = [
+    "best_of_n_kl",
+    "best_of_n_kl_bound",
+    "best_of_n_weights",
     "DPO_LOSS_TYPES",
     "ENSEMBLE_REDUCTIONS",
     "ensemble_std",
