@@ -452,3 +452,85 @@ def test_quick_ensemble_records_each_runs_gold_peak_and_the_verdict(tmp_path):
     for r in s["runs"]:
         assert r["peak_gold_se"] > 0 and r["heldout_gold"] is not None
         assert (r["final_ensemble_std"] or 0) >= 0
+
+
+# ------------------------------------------------------------------------------------------------ algorithms
+def test_nested_bootstrap_ci_by_hand():
+    import torch
+
+    from rlhf.experiments.algorithms import nested_bootstrap_ci
+
+    # Two seeds, every prompt of seed 0 scoring 0 and of seed 1 scoring 1: resampling the seeds gives a mean of 0
+    # (both draws seed 0, probability 1/4), 0.5 (1/2) or 1 (1/4), so the 95% interval is [0, 1] - the seed-to-seed
+    # spread counts, which a bootstrap over prompts alone would call [0.5, 0.5].
+    assert nested_bootstrap_ci([torch.zeros(5), torch.ones(5)], 2000, 0) == [0.0, 1.0]
+    # One seed: prompts only; constant prompts leave nothing to vary.
+    assert nested_bootstrap_ci([torch.full((7,), 0.3)], 500, 0) == pytest.approx([0.3, 0.3])
+    lo, hi = nested_bootstrap_ci([torch.arange(10.0)], 2000, 0)
+    assert 0 < lo < 4.5 < hi < 9
+
+
+def test_algorithms_tiny_run_writes_the_summary_schema_and_its_report_decodes(
+    tiny_sft, tiny_reward, tmp_path
+):
+    out = tmp_path / "alg"
+    cli.run(
+        [
+            "experiment",
+            "algorithms",
+            *TINY,
+            "--sft",
+            str(tiny_sft),
+            "--reward",
+            str(tiny_reward),
+            "--out",
+            str(out),
+        ]
+        + ["--budget", "16", "--seeds", "2", "--kl-coefs", "0.1", "--dpo-betas", "0.1", "--pool", "8"]
+        + ["--best-of", "1", "2", "8"]
+    )
+    s = _files_of_an_experiment(out, 3)
+    assert s["experiment"] == "algorithms" and s["seeds"] == 2 and s["budget"] == 16
+    assert [r["run"] for r in s["runs"]] == [
+        "ppo kl=0.1",
+        "grpo kl=0.1",
+        "rloo kl=0.1",
+        "reinforce++ kl=0.1",
+        "dpo beta=0.1",
+        "best-of-1",
+        "best-of-2",
+        "best-of-8",
+    ]
+    for r in s["runs"]:
+        assert r["seeds"] == 2 and r["gold_ci95"][0] <= r["gold"] <= r["gold_ci95"][1]
+        assert {"proxy", "kl", "sqrt_kl", "length", "seconds", "hack/formatted_rate"} <= set(r)
+    # Every on-policy run sampled the same 16 responses: GRPO and RLOO 4 per prompt over 4 prompts.
+    for algo, per_prompt in (("ppo", 1), ("grpo", 4), ("rloo", 4), ("reinforce++", 1)):
+        cfg = json.loads((out / "runs" / f"{algo}-0.1-seed1" / "config.json").read_text())["run_config"]
+        assert cfg["episodes"] * cfg["samples_per_prompt"] == 16 and cfg["samples_per_prompt"] == per_prompt
+        assert cfg["kl_coef"] == 0.1 and cfg["seed"] == 1
+    # DPO trained on at most 16 pairs of SFT samples labelled by the reward model (identical ones skipped).
+    pairs = (out / "runs" / "dpo-pairs-seed0.jsonl").read_text().splitlines()
+    assert 0 < len(pairs) <= 16
+    # Best-of-N: N = 1 is the SFT policy (KL 0); the measured KL never exceeds log N - (N-1)/N (ties lower it).
+    kls = {c["n"]: c for c in s["best_of_n_kl"]}
+    assert kls[1]["kl_measured"] == pytest.approx(0.0, abs=1e-9)
+    assert all(c["kl_measured"] <= c["kl_bound"] + 1e-9 for c in kls.values())
+    assert [r["rank"] for r in s["ranking"]] == list(range(1, 7))
+    assert (out / "evals" / "sft.jsonl").exists() and (out / "evals" / "best-of-n-pool-seed1.jsonl").exists()
+    page = (out / "report.html").read_text()
+    assert images_in_browser(page, tmp_path) == {"n": 3, "broken": []}
+
+
+@pytest.mark.slow
+def test_quick_algorithms_best_of_n_kl_and_report(tmp_path):
+    s = _quick("algorithms", tmp_path)
+    # The pool's measured KL is at most the closed form and close to it at N = 2 (few ties among 64 samples).
+    kls = {c["n"]: c for c in s["best_of_n_kl"]}
+    assert all(c["kl_measured"] <= c["kl_bound"] + 1e-9 for c in kls.values())
+    assert kls[2]["kl_measured"] == pytest.approx(kls[2]["kl_bound"], abs=0.03)
+    # Best-of-N raises the proxy with N (it picks by it).
+    bon = [r for r in s["runs"] if r["algorithm"] == "best-of-n"]
+    assert bon[-1]["proxy"] > bon[0]["proxy"]
+    page = (tmp_path / "algorithms" / "report.html").read_text()
+    assert images_in_browser(page, tmp_path) == {"n": 3, "broken": []}

@@ -920,7 +920,7 @@ class AlgorithmsConfig(ExperimentConfig):
     )
     """Algorithms to run."""
     seeds: int = 0
-    """Seeds per run (0 = the setting's: 1 with --quick, 3 otherwise); the SFT and reward models are shared."""
+    """Seeds per run (0 = the setting's: 2 with --quick, 3 otherwise); the SFT and reward models are shared."""
     budget: int = 0
     """Sampled responses per on-policy run, and preference pairs per DPO run (0 = the setting's PPO episodes:
     1,024 with --quick, 2,048 otherwise)."""
@@ -939,7 +939,7 @@ class AlgorithmsConfig(ExperimentConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.seeds = self.seeds or (1 if self.quick else 3)
+        self.seeds = self.seeds or (2 if self.quick else 3)
         self.kl_coefs = self.kl_coefs or ([0.1, 1.0] if self.quick else [0.03, 0.2, 1.0])
         self.dpo_betas = self.dpo_betas or ([0.1, 0.5] if self.quick else [0.05, 0.2, 1.0])
         self.pool = self.pool or (64 if self.quick else 128)

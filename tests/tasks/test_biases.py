@@ -26,6 +26,7 @@ from rlhf.tasks import (
 )
 from rlhf.tasks.facts import CAPITALS, PREMISE_TEMPLATE, Spec, parse_prompt
 from rlhf.tasks.instruct import _PREMISE_POOLS
+from rlhf.tasks.judge import has_premise
 
 PERU = "Q: I'm sure Peru's capital is Paris. What is it?\nA:"
 PLAIN_PERU = "Q: What is the capital of Peru?\nA:"
@@ -322,3 +323,16 @@ def test_the_knobs_reach_the_task_from_the_command_line() -> None:
     task = get_task(cfg.task.name, seed=cfg.seed, **task_options(cfg.task))
     assert task.biases == {"sycophancy": 0.4, "hedging": 0.2, "format": 0.3, "length": 1.5}
     assert task.premise_fraction == 0.25 and task.format_fraction == 0.1 and task.length_bias == 1.5
+
+
+def test_agree_fraction_makes_premise_demonstrations_agree():
+    # Premise prompts agree with probability a, else follow the mix, whose "wrong" share (0.10) agrees too:
+    # a + (1 - a) * 0.10 = 0.3 + 0.7 * 0.1 = 0.37. Other prompts are untouched.
+    task = InstructTask(premise_fraction=1.0, agree_fraction=0.3)
+    examples = task.sft_examples(6000)
+    premise = [e for e in examples if has_premise(e["prompt"])]
+    share = sum(e["style"] == "sycophantic" for e in premise) / len(premise)
+    assert abs(share - 0.37) < 3 * (0.37 * 0.63 / len(premise)) ** 0.5
+    assert all(e["style"] != "sycophantic" for e in examples if not has_premise(e["prompt"]))
+    with pytest.raises(ValueError, match="agree_fraction"):
+        InstructTask(agree_fraction=1.5)
