@@ -31,9 +31,8 @@ from rlhf.distributed import device
 from rlhf.eval.compare import rollout_eval
 from rlhf.experiments.common import (
     Ctx,
-    _plt,
-    _save,
     begin,
+    ci_line_plot,
     export_metrics,
     finish,
     reward_run,
@@ -409,53 +408,35 @@ def _curves(runs: list[dict], x: str, y: str) -> dict[str, list[tuple[float, flo
     return {a: sorted(pts) for a, pts in curves.items()}
 
 
-def _curve_plot(path: Path, title: str, xlabel: str, ylabel: str, curves: dict, hline: float | None) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for algo, pts in curves.items():
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        style = {"linestyle": "--", "color": "black"} if algo == "best-of-n" else {}
-        if all(p[2] is not None for p in pts):
-            err = [[y - p[2][0] for y, p in zip(ys, pts)], [p[2][1] - y for y, p in zip(ys, pts)]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=algo, **style)
-        else:
-            ax.plot(xs, ys, marker="o", label=algo, **style)
-    if hline is not None:
-        ax.axhline(hline, color="grey", linewidth=0.8, linestyle=":", label="SFT")
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, plt, path)
-
-
 def make_plots(ctx: Ctx, runs: list[dict], summary: dict) -> dict[str, str]:
     plots = ctx.out / "plots"
     gold_sft = summary["gold_sft"]
-    _curve_plot(
+    ci_line_plot(
         plots / "frontier.png",
         "Gold against sqrt KL (95% CI: seeds, then prompts)",
         "sqrt KL(policy || SFT), nats^0.5",
         "held-out gold score",
         _curves(runs, "sqrt_kl", "gold"),
-        gold_sft,
+        (gold_sft, "SFT"),
+        dashed=("best-of-n",),
     )
-    _curve_plot(
+    ci_line_plot(
         plots / "proxy.png",
         "Proxy reward against sqrt KL",
         "sqrt KL(policy || SFT), nats^0.5",
         "proxy (normalised reward-model score)",
         _curves(runs, "sqrt_kl", "proxy"),
-        summary["proxy_sft"],
+        (summary["proxy_sft"], "SFT"),
+        dashed=("best-of-n",),
     )
-    _curve_plot(
+    ci_line_plot(
         plots / "gold_time.png",
         "Gold against wall-clock seconds",
         "seconds (training; best-of-N: sampling N per held-out prompt)",
         "held-out gold score",
         _curves(runs, "seconds", "gold"),
-        gold_sft,
+        (gold_sft, "SFT"),
+        dashed=("best-of-n",),
     )
     top = summary["ranking"][0] if summary["ranking"] else None
     bon = [r for r in runs if r["algorithm"] == "best-of-n"]

@@ -296,6 +296,37 @@ def line_plot(
         ax.plot(xs, ys, label=label, marker="." if len(xs) < 40 else None)
     for x, y, label in marks or []:
         ax.plot([x], [y], marker="*", markersize=14, color="crimson", linestyle="none", label=label)
+    return _labelled(fig, plt, ax, path, title, xlabel, ylabel)
+
+
+def ci_line_plot(
+    path: Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    curves: dict[str, list[tuple[float, float, list[float] | None]]],
+    hline: tuple[float, str] | None = None,
+    dashed: tuple[str, ...] = (),
+) -> Path:
+    """Labelled curves of (x, y, [lo, hi] or None) points: error bars where every point of a curve has an
+    interval; `hline` (y, label) a dotted reference level; curves named in `dashed` drawn dashed in black."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for label, pts in curves.items():
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        style = {"linestyle": "--", "color": "black"} if label in dashed else {}
+        if pts and all(p[2] is not None for p in pts):
+            err = [[y - p[2][0] for y, p in zip(ys, pts)], [p[2][1] - y for y, p in zip(ys, pts)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label, **style)
+        else:
+            ax.plot(xs, ys, marker="o", label=label, **style)
+    if hline is not None:
+        ax.axhline(hline[0], color="grey", linewidth=0.8, linestyle=":", label=hline[1])
+    return _labelled(fig, plt, ax, path, title, xlabel, ylabel)
+
+
+def _labelled(fig, plt, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """Title, axis labels, grid and legend, then save."""
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
