@@ -534,3 +534,14 @@ def test_quick_algorithms_best_of_n_kl_and_report(tmp_path):
     assert bon[-1]["proxy"] > bon[0]["proxy"]
     page = (tmp_path / "algorithms" / "report.html").read_text()
     assert images_in_browser(page, tmp_path) == {"n": 3, "broken": []}
+
+
+def test_algorithms_refuses_a_pool_smaller_than_its_largest_n(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(
+            ["experiment", "algorithms", "--out", str(tmp_path / "x"), "--pool", "4", "--best-of", "2", "8"]
+        )
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--pool 4 is smaller than the largest --best-of 8" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
