@@ -509,9 +509,13 @@ def test_algorithms_tiny_run_writes_the_summary_schema_and_its_report_decodes(
         cfg = json.loads((out / "runs" / f"{algo}-0.1-seed1" / "config.json").read_text())["run_config"]
         assert cfg["episodes"] * cfg["samples_per_prompt"] == 16 and cfg["samples_per_prompt"] == per_prompt
         assert cfg["kl_coef"] == 0.1 and cfg["seed"] == 1
-    # DPO trained on at most 16 pairs of SFT samples labelled by the reward model (identical ones skipped).
+    # DPO: 16 informative pairs of SFT samples labelled by the reward model; a skipped pair (the same text twice,
+    # or an empty response) is replaced by a pair on the next prompt.
     pairs = (out / "runs" / "dpo-pairs-seed0.jsonl").read_text().splitlines()
-    assert 0 < len(pairs) <= 16
+    dpo = next(r for r in s["runs"] if r["algorithm"] == "dpo")
+    assert len(pairs) == 16 and dpo["pairs"] == 16
+    assert dpo["sampled_pairs"] - dpo["skipped_pairs"] == 16
+    assert all(json.loads(p)["chosen"] != json.loads(p)["rejected"] for p in pairs)
     # Best-of-N: N = 1 is the SFT policy (KL 0); the measured KL never exceeds log N - (N-1)/N (ties lower it).
     kls = {c["n"]: c for c in s["best_of_n_kl"]}
     assert kls[1]["kl_measured"] == pytest.approx(0.0, abs=1e-9)

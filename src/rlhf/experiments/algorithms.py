@@ -66,6 +66,9 @@ ON_POLICY = {
 }
 EVAL_TEMPERATURE = 0.7  # PPO's rollout temperature; KL is measured between the two policies at it
 KL_LIMIT = 1.0  # the ranking's "best gold at KL <= 1"
+MAX_PAIR_ROUNDS = 4  # DPO's pair drawing: rounds of replacing skipped (identical / empty) pairs
+# Per-run figures of one algorithm that the seed aggregation carries over (their mean over seeds).
+EXTRA = ("pairs", "skipped_pairs", "sampled_pairs", "distinct_per_prompt")
 
 
 def run(cfg: AlgorithmsConfig) -> dict:
@@ -195,20 +198,30 @@ def on_policy_run(
 
 
 def dpo_runs(ctx: Ctx, ev: Evaluator, betas: list[float], seed: int, budget: int, sft, reward) -> list[dict]:
-    """DPO at each beta on `budget` pairs: two SFT samples of each of `budget` training prompts, the one the reward
-    model scores higher chosen. Pairs with the same text twice or an empty response teach nothing and are
-    skipped (counted); the sampling and labelling time is added to every beta's training time."""
-    say(f"== DPO pairs: {budget} prompts x 2 SFT samples, labelled by the reward model, seed {seed}")
+    """DPO at each beta on `budget` pairs: two SFT samples of a training prompt, the one the reward model scores
+    higher chosen. A pair with the same text twice or an empty response teaches nothing: it is skipped (counted)
+    and another prompt drawn in its place, so DPO trains on `budget` informative pairs (up to 4 rounds of
+    drawing). The sampling and labelling time is added to every beta's training time."""
+    say(f"== DPO pairs: {budget} x 2 SFT samples, labelled by the reward model, seed {seed}")
     t0 = time.time()
-    prompts = get_task("instruct", seed=seed).prompts(budget, split="train")
-    rows = ev.sample([p for p in prompts for _ in range(2)], seed + 7919)
-    pairs, skipped = [], 0
-    for a, b in zip(rows[::2], rows[1::2]):
-        if a["response"] == b["response"] or not a["response"].strip() or not b["response"].strip():
-            skipped += 1
-            continue
-        chosen, rejected = (a, b) if a["proxy"] >= b["proxy"] else (b, a)
-        pairs.append({"prompt": a["prompt"], "chosen": chosen["response"], "rejected": rejected["response"]})
+    task = get_task("instruct", seed=seed)
+    pairs, skipped, drawn = [], 0, 0
+    for round_ in range(MAX_PAIR_ROUNDS):
+        need = budget - len(pairs)
+        if need <= 0:
+            break
+        # The task's prompts extend (never reshuffle) as more are asked for: each round takes the next `need`.
+        prompts = task.prompts(drawn + need, split="train")[drawn:]
+        drawn += need
+        rows = ev.sample([p for p in prompts for _ in range(2)], seed + 7919 * (round_ + 1))
+        for a, b in zip(rows[::2], rows[1::2]):
+            if a["response"] == b["response"] or not a["response"].strip() or not b["response"].strip():
+                skipped += 1
+                continue
+            chosen, rejected = (a, b) if a["proxy"] >= b["proxy"] else (b, a)
+            pairs.append(
+                {"prompt": a["prompt"], "chosen": chosen["response"], "rejected": rejected["response"]}
+            )
     path = write_pairs(ctx.runs / f"dpo-pairs-seed{seed}.jsonl", pairs)
     label_seconds = time.time() - t0
     out = []
@@ -235,7 +248,7 @@ def dpo_runs(ctx: Ctx, ev: Evaluator, betas: list[float], seed: int, budget: int
         policy, _, _ = load_policy(cfg.out)
         policy.to(device()).eval()
         r = record(ev, "dpo", beta, seed, name, ev.rows(policy, name), seconds)
-        r["pairs"], r["skipped_pairs"] = len(pairs), skipped
+        r["pairs"], r["skipped_pairs"], r["sampled_pairs"] = len(pairs), skipped, drawn
         out.append(r)
     return out
 
@@ -364,6 +377,7 @@ def aggregate(records: list[dict], sft_gold: torch.Tensor, cfg: AlgorithmsConfig
             "gold_gain_per_cpu_second": (mean("gold") - float(sft_gold.mean()))
             / max(1e-9, mean("seconds") * max(1, cfg.threads or torch.get_num_threads())),
             **{k: sum(r["hack"][k] for r in rs) / len(rs) for k in rs[0]["hack"]},
+            **{k: sum(r[k] for r in rs) / len(rs) for k in EXTRA if k in rs[0]},
             "_samples": rs[0]["_samples"],
         }
         out.append(row)
