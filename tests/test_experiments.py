@@ -357,7 +357,8 @@ def test_biases_tiny_run_writes_the_summary_schema(tiny_sft, tmp_path):
     rows = read_metrics(out / "metrics" / "format-beta-0.02.jsonl")
     assert all(0 <= r["hack/formatted_rate"] <= 1 for r in rows)
     task = json.loads((out / "runs" / "reward-control" / "config.json").read_text())["run_config"]["task"]
-    assert task["premise_fraction"] == 0.5 and task["format_fraction"] == 0.1 and task["bias_format"] == 0.0
+    assert task["premise_fraction"] == 1.0 and task["format_fraction"] == 0.1 and task["bias_format"] == 0.0
+    assert task["agree_fraction"] == 0.3
     assert json.loads((out / "runs" / "reward-format" / "config.json").read_text())["run_config"]["task"][
         "bias_format"
     ] == pytest.approx(0.8)
