@@ -64,12 +64,12 @@ def _run(tiny_sft, out, *extra) -> dict:
     return cli.run(["dpo", "--sft", str(tiny_sft), *DPO, *extra, "--out", str(out)])
 
 
-def _same(a: Path, b: Path, tol: float = 0.0) -> None:
+def _same(a: Path, b: Path, tol: float = 0.0, ignore: tuple[str, ...] = ()) -> None:
     ra, rb = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
     assert [r["step"] for r in ra] == [r["step"] for r in rb]
     for x, y in zip(ra, rb):
         for k in x:
-            if k not in TIMING:
+            if k not in TIMING and not k.endswith(ignore):
                 assert x[k] == pytest.approx(y[k], abs=tol, rel=tol), (k, x["step"])
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     for k in wa:
@@ -106,8 +106,10 @@ def test_precomputed_reference_equals_the_live_one(dpo_run, tiny_sft, tmp_path):
     live = tmp_path / "live"
     _run(tiny_sft, live, "--save-every", "2", "--no-precompute-ref")
     # The table is computed in batches of 2x the training batch: float noise of ~1e-7 in the reference, which Adam
-    # scales up on parameters whose exact gradient is 0 (attention key biases): 3e-6 after 4 steps.
-    _same(out, live, tol=1e-5)
+    # scales up on parameters whose exact gradient is 0 (attention key biases): 3e-6 after 4 steps. The reward
+    # accuracy is a step function of chosen - rejected, which is ~0 at the first step (policy = reference): that
+    # noise decides it (0.25 vs 0 seen on one machine), so it is left out; the rewards themselves are compared.
+    _same(out, live, tol=1e-5, ignore=("rewards/accuracies",))
 
 
 def test_dpo_resume_is_bit_identical(dpo_run, tiny_sft, tmp_path):
