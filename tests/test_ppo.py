@@ -381,7 +381,8 @@ def test_first_epoch_through_the_rollouts_own_forward_equals_a_fresh_forward():
 # ------------------------------------------------------------------------------------------------ pinned figures
 # Figures of the tiny runs above, recorded from the code before the on-policy loop was reshaped into rollout /
 # rewards / advantages / update (issue 17): the reshape must not change a single number. The values are this
-# machine class's float32 arithmetic on one thread; they hold to ~1e-7 (the tolerance leaves room for nothing more).
+# machine class's float32 arithmetic on one thread; they hold to ~1e-7 there and ~3e-7 on another machine class
+# (abs 1e-6, rel 1e-5: a reshape that changes the arithmetic moves them by far more).
 PINNED = {
     "objective/kl": [0.0, -0.029859453439712524, 0.04548698663711548, 0.046523720026016235, 0.10987594723701477,
                      0.20876318216323853, -0.13641926646232605, 0.21920976042747498, 0.14734771847724915,
@@ -423,7 +424,7 @@ def _weight_norm(out) -> float:
 def _assert_pinned(out, pinned: dict, norm: float) -> None:
     rows = read_metrics(out / "metrics.jsonl")
     for name, values in pinned.items():
-        assert [r[name] for r in rows] == pytest.approx(values, rel=1e-5, abs=2e-7), name
+        assert [r[name] for r in rows] == pytest.approx(values, rel=1e-5, abs=1e-6), name
     # rel 1e-7: float32 weights summed in float64; 1e-9 held on one machine class and failed by 3e-9 on another.
     assert _weight_norm(out) == pytest.approx(norm, rel=1e-7)
 
